@@ -1,0 +1,64 @@
+# mlrollout: one entry per task. Every install step lives here, so a fresh
+# clone on a fresh machine needs nothing but `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps test unit integration demo bench bench-smoke lint crds crds-check e2e images clean
+
+install: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Debian's Prometheus (server + promtool) and hey (load generator), only when missing.
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v hey >/dev/null; then \
+	  echo "installing prometheus and hey with apt-get"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus hey >/dev/null; \
+	fi
+	@# Debian's package may start a system Prometheus on :9090; our tests use their own servers on free ports.
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/mlrollout demo
+
+bench: install
+	$(BIN)/python -m mlrollout.services.bench --out docs
+
+lint: install
+	@mkdir -p .lint/mlrollout && ln -sfn ../../operator .lint/mlrollout/operator && ln -sfn ../../services .lint/mlrollout/services
+	$(BIN)/ruff check operator services tests
+	$(BIN)/ruff format --check operator services tests
+	cd .lint && ../$(BIN)/mypy --config-file ../pyproject.toml -p mlrollout.operator -p mlrollout.services
+
+# Regenerate the CRD from the pydantic models, then copy it into helm/ and manifests/.
+crds: install
+	$(BIN)/python -m mlrollout.operator.crd write
+
+crds-check: install
+	$(BIN)/python -m mlrollout.operator.crd check
+
+e2e: install
+	@bash tests/e2e/kind/run.sh
+
+images:
+	docker build -f images/operator.Dockerfile -t mlrollout/operator:dev .
+	docker build -f images/serving.Dockerfile -t mlrollout/serving:dev .
+
+clean:
+	rm -rf .lint build *.egg-info .pytest_cache .mypy_cache .ruff_cache
