@@ -1,0 +1,162 @@
+"""Write the benchmark results: raw JSON, PNG charts and ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gb, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _fmt_spread(values: list[float], digits: int = 0) -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
+def serving_table(cells: list[dict[str, Any]], batch: int, reference: str) -> list[str]:
+    rows = [c for c in cells if c["batch"] == batch]
+    ref = next((c for c in rows if c["server"] == reference), None)
+    lines = [
+        "| server | CPU us/request | x bare | p50 ms | p99 ms | p99/p50 | req/s | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in rows:
+        runs = c["runs"]
+        cpu = [r["cpu_us_per_request"] for r in runs]
+        ratio = "-"
+        if ref is not None:
+            # Ratios per round (same round = same machine conditions), then their median and spread.
+            ratios = [
+                a["cpu_us_per_request"] / b["cpu_us_per_request"]
+                for a, b in zip(runs, ref["runs"], strict=False)
+            ]
+            ratio = _fmt_spread(ratios, 2)
+        p50 = [r["p50_ms"] for r in runs]
+        p99 = [r["p99_ms"] for r in runs]
+        tail = [b / a for a, b in zip(p50, p99, strict=True) if a > 0]
+        rss = [r["rss_mb"] for r in runs if r["rss_mb"] == r["rss_mb"]]
+        lines.append(
+            f"| {c['server']} | {_fmt_spread(cpu)} | {ratio} | {_fmt_spread(p50, 2)} | {_fmt_spread(p99, 2)} "
+            f"| {_fmt_spread(tail, 1) if tail else '-'} | {_fmt_spread([r['rps'] for r in runs])} "
+            f"| {_fmt_spread(rss) if rss else '-'} |"
+        )
+    return lines
+
+
+def chart_serving(cells: list[dict[str, Any]], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({c["batch"] for c in cells})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        rows = [c for c in cells if c["batch"] == batch]
+        names = [c["server"] for c in rows]
+        meds = [statistics.median(r["cpu_us_per_request"] for r in c["runs"]) for c in rows]
+        lows = [
+            m - min(r["cpu_us_per_request"] for r in c["runs"])
+            for m, c in zip(meds, rows, strict=True)
+        ]
+        highs = [
+            max(r["cpu_us_per_request"] for r in c["runs"]) - m
+            for m, c in zip(meds, rows, strict=True)
+        ]
+        ax.barh(names, meds, xerr=[lows, highs], color="#4c72b0")
+        ax.set_xscale("log")
+        ax.set_xlabel("server CPU per request (us, log scale)")
+        ax.set_title(f"batch {batch}")
+    fig.tight_layout()
+    path = out / "serving-cpu.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """``out`` is the docs folder: writes benchmarks.md there and raw data under bench/."""
+    raw = out / "bench"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m mlrollout.services.bench --out docs`); raw figures in",
+        "`docs/bench/results.json`. Every comparison is side by side in one run on one machine;",
+        "ratios are taken per round and reported as median (min-max over rounds).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}; kernel {m['kernel']}",
+        f"- Date: {m['date']}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in sorted(results.get('versions', {}).items()))}",
+        f"- Mode: {'SMOKE (tiny durations, figures not meaningful)' if results.get('smoke') else 'full'}",
+        "",
+    ]
+    serving = results.get("serving")
+    if serving:
+        cfg = serving["config"]
+        lines += [
+            "## Serving: the same model and requests through each server",
+            "",
+            f"Model: {cfg['model']}. Load: `hey`, {cfg['requests']} POSTs per cell at concurrency "
+            f"{cfg['concurrency']}, keep-alive, {cfg['rounds']} rounds; load generator pinned to core(s) "
+            f"{cfg['load_core']}, servers to core {cfg['server_core']}. Server CPU is utime+stime of the server "
+            "process tree from /proc, divided by answered requests. The floor row is onnxruntime called "
+            "in-process (no HTTP).",
+            "",
+        ]
+        for batch in sorted({c["batch"] for c in serving["cells"]}):
+            lines += [f"### Batch {batch}", ""]
+            lines += serving_table(serving["cells"], batch, "starlette+onnxruntime (bare)")
+            lines.append("")
+        lines += ["![server CPU per request](bench/serving-cpu.png)", ""]
+        chart_serving(serving["cells"], raw)
+    for key, title in (
+        ("router", "Router overhead"),
+        ("drift", "Drift tracking cost"),
+        ("rollback", "Rollback: time to weight 0 and blast radius"),
+        ("operator", "Operator at scale"),
+    ):
+        section = results.get(key)
+        if section:
+            lines += [f"## {title}", "", *section["markdown"], ""]
+    targets = results.get("targets")
+    if targets:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [
+            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |"
+            for t in targets
+        ]
+        lines.append("")
+    notes = results.get("notes")
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    path = out / "benchmarks.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,44 @@
+"""A smoke run of `make bench` (tiny durations) so the harness cannot silently rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_writes_report(tmp_path: Path) -> None:
+    out = tmp_path / "docs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlrollout.services.bench",
+        "--smoke",
+        "--out",
+        str(out),
+        "--state",
+        str(tmp_path / "state"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "bench" / "results.json").read_text())
+    cells = {c["server"]: c for c in results["serving"]["cells"]}
+    assert {
+        "onnxruntime in-process (floor)",
+        "starlette+onnxruntime (bare)",
+        "mlrollout server",
+    } <= set(cells)
+    for cell in cells.values():
+        run = cell["runs"][0]
+        assert run["requests"] > 0 and run["errors"] == 0
+        assert run["cpu_us_per_request"] > 0
+    assert results["router"]["router_cpu_us_per_request"][0] > 0
+    assert all(c["us_per_call"] > 0 for c in results["drift"]["costs"])
+    report = (out / "benchmarks.md").read_text()
+    assert "SMOKE" in report and "| mlrollout server |" in report
+    assert (out / "bench" / "serving-cpu.png").stat().st_size > 1000
