@@ -1,0 +1,153 @@
+"""``mlrollout router``: run the weighted canary router.
+
+mlrollout router --table routes.json --host 127.0.0.1 --port 8080
+mlrollout router --configmap NAMESPACE/NAME --host 0.0.0.0 --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+import prometheus_client
+
+from .proxy import Router, RouterConfig
+from .server import start_server
+from .source import ConfigMapSource, FileSource, KubeAccess, TableSource
+
+log = logging.getLogger("mlrollout.router")
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--table", metavar="FILE", help="routing table JSON file, reloaded on change"
+    )
+    where.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        help="watch this ConfigMap through the Kubernetes API",
+    )
+    parser.add_argument("--configmap-key", default="table.json", help="key holding the table")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="listen port (default %(default)s)")
+    parser.add_argument(
+        "--timeout", type=_positive(float), default=30.0, help="seconds for a backend to answer"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=1.0,
+        help="seconds to connect to a backend",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=_positive(int),
+        default=16 << 20,
+        help="largest request body accepted",
+    )
+    parser.add_argument(
+        "--max-shadow-inflight",
+        type=_positive(int),
+        default=16,
+        help="concurrent shadow requests; more are dropped (counted), never queued",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        default=75.0,
+        help="close client keep-alive connections idle this long (seconds)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_positive(float),
+        default=10.0,
+        help="seconds to let requests in flight finish after SIGTERM",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # One router per process: the *_created series would only add noise to every scrape.
+    prometheus_client.disable_created_metrics()
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = RouterConfig(
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_shadow_inflight=args.max_shadow_inflight,
+        idle_timeout=args.idle_timeout,
+    )
+    source: TableSource
+    if args.table:
+        source = FileSource(args.table)
+    else:
+        namespace, _, name = args.configmap.partition("/")
+        if not namespace or not name:
+            log.error("--configmap must be NAMESPACE/NAME, got %r", args.configmap)
+            return 2
+        try:
+            access = KubeAccess.from_environment()
+        except Exception as exc:
+            log.error("cannot find Kubernetes credentials (in-cluster or kubeconfig): %s", exc)
+            return 2
+        source = ConfigMapSource(namespace, name, access, key=args.configmap_key)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(serve(Router(config), source, args.host, args.port, args.shutdown_grace))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        return 1
+
+
+async def serve(
+    router: Router, source: TableSource, host: str, port: int, grace: float = 10.0
+) -> int:
+    if isinstance(source, FileSource):
+        source.poll(router.offer)  # ready with the table before the first request
+    server = await start_server(
+        router, host, port, router.config.max_body_bytes, router.config.idle_timeout
+    )
+    watcher = asyncio.create_task(source.run(router.offer))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())
+    await stop.wait()
+    log.info("router stopping: no new connections, finishing %d requests", router.inflight)
+    server.close()
+    deadline = loop.time() + grace
+    while router.inflight and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await router.aclose()
+    return 0

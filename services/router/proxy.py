@@ -1,0 +1,277 @@
+"""The router's request path: choose a backend, forward, fall back, mirror, record.
+
+``Router`` holds the table in force and the upstream pools; ``HttpServerProtocol``
+(server.py) hands it parsed requests. The decision itself is ``table.choose`` (pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from .compare import compare_bodies
+from .metrics import RouterMetrics, outcome_of
+from .table import (
+    RoutingTable,
+    TableError,
+    Track,
+    check_successor,
+    choose,
+    parse_table,
+    should_shadow,
+)
+from .upstream import Response, Upstream, UpstreamError
+
+log = logging.getLogger("mlrollout.router")
+
+FORCE_HEADER = b"x-mlrollout-track"
+REQUEST_ID_HEADER = b"x-request-id"
+# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the router sets itself.
+_DROP_REQUEST = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+     b"trailer", b"upgrade", b"host", b"content-length", b"expect", REQUEST_ID_HEADER}
+)  # fmt: skip
+_DROP_RESPONSE = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"trailer",
+     b"upgrade", b"content-length", b"x-mlrollout-track", b"x-mlrollout-version",
+     REQUEST_ID_HEADER}
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Request:
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass
+class RouterConfig:
+    timeout: float = 30.0
+    connect_timeout: float = 1.0
+    max_body_bytes: int = 16 << 20
+    max_shadow_inflight: int = 16
+    # Shadow requests must not hold resources long: a shorter timeout than the client path.
+    shadow_timeout: float = 5.0
+    idle_timeout: float = 75.0
+
+
+class Router:
+    def __init__(self, config: RouterConfig, metrics: RouterMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or RouterMetrics()
+        self.table: RoutingTable | None = None
+        self.source = ""
+        self.last_error: dict[str, object] | None = None
+        self._pools: dict[tuple[str, int], Upstream] = {}
+        self._shadow_inflight = 0
+        self.inflight = 0  # client requests waiting on a backend (for a graceful stop)
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._id_prefix = os.urandom(4).hex()
+        self._id_counter = 0
+        self.metrics.no_table_yet()
+
+    # ---- the table -------------------------------------------------------------------
+    def offer(self, data: bytes, origin: str) -> bool:
+        """Apply a table from a source; on any problem log it, count it, keep the old one."""
+        try:
+            table = parse_table(data)
+            if not check_successor(self.table, table):
+                return False
+        except TableError as exc:
+            self.metrics.table_rejected()
+            self.last_error = {"error": str(exc), "source": origin, "at": time.time()}
+            kept = self.table.generation if self.table else "none"
+            log.error("rejected routing table from %s: %s (generation %s stays)", origin, exc, kept)
+            return False
+        self._apply(table, origin)
+        return True
+
+    def _apply(self, table: RoutingTable, origin: str) -> None:
+        wanted = {(b.host, b.port) for b in table.backends.values()}
+        for key in list(self._pools):
+            if key not in wanted:
+                self._pools.pop(key).close()
+        for key in wanted:
+            if key not in self._pools:
+                self._pools[key] = Upstream(*key, connect_timeout=self.config.connect_timeout)
+        self.table, self.source = table, origin
+        self.metrics.table_applied(table)
+        weights = ", ".join(f"{t}={w}" for t, w in table.weights.items())
+        log.info(
+            "routing table generation %d in force (%s) from %s", table.generation, weights, origin
+        )
+
+    # ---- requests --------------------------------------------------------------------
+    async def handle(self, req: Request) -> Reply:
+        if req.target.startswith(b"/-/") or req.target in _LOCAL_PATHS:
+            local = self._local(req)
+            if local is not None:
+                return local
+        table = self.table
+        if table is None:
+            return error_reply(503, "no routing table is in force yet")
+        force = sticky = request_id = None
+        sticky_name = table.sticky_header.encode() if table.sticky_header else None
+        out: list[bytes] = []
+        for name, value in req.headers:
+            if name in _DROP_REQUEST:
+                if name == REQUEST_ID_HEADER:
+                    request_id = value
+                continue
+            if name == FORCE_HEADER:
+                force = value.decode("latin-1")
+                continue
+            if name == sticky_name:
+                sticky = value.decode("latin-1")
+            out += (name, b": ", value, b"\r\n")
+        try:
+            track = choose(table, sticky, force, random.random())
+        except TableError as exc:
+            return error_reply(400, str(exc))
+        if request_id is None:
+            self._id_counter += 1
+            request_id = b"%s-%x" % (self._id_prefix.encode(), self._id_counter)
+        out += (b"x-request-id: ", request_id, b"\r\n")
+        headers = b"".join(out)
+
+        self.inflight += 1
+        try:
+            response, track = await self._forward(table, track, req, headers)
+        finally:
+            self.inflight -= 1
+        if response is None:
+            reply = error_reply(502, f"{track} backend unreachable")
+        else:
+            reply = Reply(response.status, _response_headers(response.headers), response.body)
+        reply.headers += (
+            (b"x-mlrollout-track", track.encode()),
+            (b"x-mlrollout-version", table.backends[track].version.encode()),
+            (REQUEST_ID_HEADER, request_id),
+        )
+        if response is not None and should_shadow(table, track, random.random()):
+            self._start_shadow(table, req, headers, response)
+        return reply
+
+    async def _forward(
+        self, table: RoutingTable, track: Track, req: Request, headers: bytes
+    ) -> tuple[Response | None, Track]:
+        backend = table.backends[track]
+        pool = self._pools.get((backend.host, backend.port))
+        if pool is None:
+            # A newer table dropped this backend while the request waited (a fallback
+            # during a promotion): finish it on a one-off connection.
+            pool = Upstream(backend.host, backend.port, connect_timeout=self.config.connect_timeout)
+            pool.close()
+        target = backend.prefix.encode() + req.target if backend.prefix else req.target
+        start = time.perf_counter()
+        try:
+            response = await pool.request(
+                req.method, target, headers, req.body, self.config.timeout
+            )
+        except UpstreamError as exc:
+            self.metrics.request_done(track, backend.version, "unreachable", 0.0)
+            if track == "canary" and exc.before_response:
+                self.metrics.fallback(track, backend.version)
+                log.warning("canary %s unreachable, retrying on stable: %s", backend.url, exc)
+                return await self._forward(table, "stable", req, headers)
+            log.warning("%s backend %s failed: %s", track, backend.url, exc)
+            return None, track
+        elapsed = time.perf_counter() - start
+        self.metrics.request_done(track, backend.version, outcome_of(response.status), elapsed)
+        return response, track
+
+    # ---- shadow traffic ---------------------------------------------------------------
+    def _start_shadow(
+        self, table: RoutingTable, req: Request, headers: bytes, stable: Response
+    ) -> None:
+        canary = table.backends["canary"]
+        if self._shadow_inflight >= self.config.max_shadow_inflight:
+            self.metrics.shadow_result(canary.version, "dropped")
+            return
+        self._shadow_inflight += 1
+        task = asyncio.get_running_loop().create_task(self._shadow(table, req, headers, stable))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self, table: RoutingTable, req: Request, headers: bytes, stable: Response
+    ) -> None:
+        canary = table.backends["canary"]
+        pool = self._pools.get((canary.host, canary.port))
+        result = "error"
+        try:
+            if pool is not None and 200 <= stable.status < 300:
+                target = canary.prefix.encode() + req.target
+                got = await pool.request(
+                    req.method, target, headers, req.body, self.config.shadow_timeout
+                )
+                if 200 <= got.status < 300:
+                    result = compare_bodies(stable.body, got.body)
+        except UpstreamError as exc:
+            log.debug("shadow request to %s failed: %s", canary.url, exc)
+        finally:
+            self._shadow_inflight -= 1
+            self.metrics.shadow_result(canary.version, result)
+
+    async def aclose(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        for pool in self._pools.values():
+            pool.close()
+
+    # ---- the router's own endpoints ----------------------------------------------------
+    def _local(self, req: Request) -> Reply | None:
+        path = req.target.split(b"?", 1)[0]
+        if path == b"/healthz":
+            return Reply(200, [(b"content-type", b"text/plain")], b"ok\n")
+        if path == b"/readyz":
+            if self.table is None:
+                return error_reply(503, "no routing table is in force yet")
+            return Reply(200, [(b"content-type", b"text/plain")], b"ready\n")
+        if path == b"/metrics":
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+            return Reply(200, [(b"content-type", ctype)], self.metrics.exposition())
+        if path == b"/-/table":
+            if self.table is None:
+                return error_reply(404, "no routing table is in force yet")
+            return _json(200, self.table.raw)
+        if path == b"/-/status":
+            generation = self.table.generation if self.table else None
+            doc = {
+                "generation": generation,
+                "source": self.source,
+                "lastRejected": self.last_error,
+                "inflight": self.inflight,
+            }
+            return _json(200, doc)
+        return None
+
+
+_LOCAL_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
+
+
+def _json(status: int, doc: object) -> Reply:
+    body = json.dumps(doc, indent=1).encode() + b"\n"
+    return Reply(status, [(b"content-type", b"application/json")], body)
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return _json(status, {"error": message, "source": "mlrollout-router"})

@@ -1,0 +1,224 @@
+"""Where routing tables come from: a local file (polled) or a Kubernetes ConfigMap (watched).
+
+A source only delivers bytes to ``offer(data, origin)``; validation and the
+keep-the-last-good-table rule live in ``Router.offer``. A source that cannot reach its
+backing store logs, backs off and retries; the router keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+log = logging.getLogger("mlrollout.router")
+
+Offer = Callable[[bytes, str], bool]
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class TableSource(Protocol):
+    def describe(self) -> str: ...
+
+    async def run(self, offer: Offer) -> None:
+        """Deliver the current table, then every change, until cancelled."""
+        ...
+
+
+class FileSource:
+    """Polls a file: a cheap ``stat`` every ``interval`` seconds, a content hash on change.
+
+    Every ``recheck`` seconds the file is hashed even if ``stat`` looks unchanged (two
+    writes within one timestamp tick keep the same mtime). Write the file atomically
+    (write a temporary file, then rename) so a half-written table is never read.
+    """
+
+    def __init__(self, path: str | Path, interval: float = 0.15, recheck: float = 2.0) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self.recheck_every = max(1, round(recheck / interval))
+        self._stat: tuple[int, int, int] | None = None
+        self._digest: bytes | None = None
+        self._missing_logged = False
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+    def poll(self, offer: Offer, force: bool = False) -> None:
+        """Check once; offer the content if it changed. Safe to call from the event loop."""
+        try:
+            st = os.stat(self.path)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if key == self._stat and not force:
+                return
+            data = self.path.read_bytes()
+        except OSError as exc:
+            if not self._missing_logged:
+                log.error(
+                    "cannot read routing table %s: %s; keeping the table in force", self.path, exc
+                )
+                self._missing_logged = True
+            self._stat = None
+            return
+        if self._missing_logged:
+            log.info("routing table %s is readable again", self.path)
+            self._missing_logged = False
+        self._stat = key
+        digest = hashlib.sha256(data).digest()
+        if digest != self._digest:
+            self._digest = digest
+            offer(data, self.describe())
+
+    async def run(self, offer: Offer) -> None:
+        polls = 0
+        while True:
+            self.poll(offer, force=polls % self.recheck_every == 0)
+            polls += 1
+            await asyncio.sleep(self.interval)
+
+
+@dataclass
+class KubeAccess:
+    """How to reach the Kubernetes API: base URL, headers and TLS settings."""
+
+    server: str
+    token_file: Path | None = None
+    token: str | None = None
+    ssl_context: ssl.SSLContext | bool = True
+
+    def headers(self) -> dict[str, str]:
+        # Bound service-account tokens rotate: read the file on every (re)connect.
+        token = self.token_file.read_text().strip() if self.token_file else self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def from_environment(cls) -> KubeAccess:
+        """In-cluster service account if present, else the current kubeconfig context."""
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT"),
+        )
+        if host and port and (SA_DIR / "token").exists():
+            ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
+            server = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+            return cls(server, token_file=SA_DIR / "token", ssl_context=ctx)
+        return cls._from_kubeconfig()
+
+    @classmethod
+    def _from_kubeconfig(cls) -> KubeAccess:
+        # Imported here: the kubernetes client is heavy and in-cluster routers never need it.
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(client_configuration=cfg)
+        token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip()
+        ctx: ssl.SSLContext | bool = True
+        if cfg.host.startswith("https"):
+            if not cfg.verify_ssl:
+                ctx = False
+            else:
+                ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+                if cfg.cert_file:
+                    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return cls(cfg.host.rstrip("/"), token=token or None, ssl_context=ctx)
+
+
+class ConfigMapSource:
+    """Watches one ConfigMap through the API (a mounted file can lag by a minute)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        access: KubeAccess,
+        key: str = "table.json",
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.namespace, self.name, self.key = namespace, name, key
+        self.access = access
+        self.max_backoff = max_backoff
+
+    def describe(self) -> str:
+        return f"configmap {self.namespace}/{self.name} key {self.key}"
+
+    async def run(self, offer: Offer) -> None:
+        import aiohttp
+
+        backoff = 0.2
+        timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=330)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    version = await self._get(session, offer)
+                    backoff = 0.2
+                    await self._watch(session, offer, version)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.error(
+                        "%s: %s; keeping the table in force, retrying in %.1fs",
+                        self.describe(),
+                        exc,
+                        backoff,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(self.max_backoff, backoff * 2)
+
+    def _url(self) -> str:
+        return f"{self.access.server}/api/v1/namespaces/{quote(self.namespace)}/configmaps"
+
+    async def _get(self, session: Any, offer: Offer) -> str:
+        url = f"{self._url()}/{quote(self.name)}"
+        async with session.get(
+            url, headers=self.access.headers(), ssl=self.access.ssl_context
+        ) as resp:
+            if resp.status != 200:
+                raise ConnectionError(
+                    f"GET {url} answered {resp.status}: {(await resp.text())[:200]}"
+                )
+            obj = await resp.json()
+        self._deliver(obj, offer)
+        return str(obj["metadata"]["resourceVersion"])
+
+    async def _watch(self, session: Any, offer: Offer, version: str) -> None:
+        params = {
+            "watch": "1",
+            "fieldSelector": f"metadata.name={self.name}",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "300",
+        }
+        async with session.get(
+            self._url(), params=params, headers=self.access.headers(), ssl=self.access.ssl_context
+        ) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"watch answered {resp.status}: {(await resp.text())[:200]}")
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind in ("ADDED", "MODIFIED"):
+                    self._deliver(obj, offer)
+                elif kind == "DELETED":
+                    log.warning("%s was deleted; keeping the table in force", self.describe())
+                elif kind == "ERROR":
+                    # 410 Gone: our resourceVersion is too old; the caller lists again.
+                    raise ConnectionError(f"watch error: {obj.get('message', obj)}")
+        # The server ends watches after timeoutSeconds; list again to resume safely.
+
+    def _deliver(self, obj: dict[str, Any], offer: Offer) -> None:
+        data = (obj.get("data") or {}).get(self.key)
+        if data is None:
+            log.error("%s has no key %r; keeping the table in force", self.describe(), self.key)
+            return
+        offer(data.encode(), self.describe())

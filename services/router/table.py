@@ -1,0 +1,230 @@
+"""The routing table: parsing, validation and the per-request backend choice.
+
+Pure: no I/O, no clock, no randomness of its own (the caller passes ``rand``), so every
+rule here is checked by table-driven unit tests. The format is documented in
+``docs/routing.md`` and ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+Track = Literal["stable", "canary"]
+TRACKS: tuple[Track, ...] = ("stable", "canary")
+
+# Sticky users are spread over this many buckets; one bucket is 0.01 % of users, so an
+# integer weight w (percent) owns exactly buckets [0, w * 100).
+BUCKETS = 10_000
+
+
+class TableError(ValueError):
+    """A routing table that must not be put in force; the message says why."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    track: Track
+    url: str
+    version: str
+    host: str
+    port: int
+    # Path prefix of the backend URL without the trailing slash ("" for none).
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    generation: int
+    deployment: str
+    backends: dict[Track, Backend]
+    weights: dict[Track, int]
+    sticky_header: str | None = None
+    shadow_percent: float = 0.0
+    # The document as received, echoed by ``GET /-/table``.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def canary_weight(self) -> int:
+        return self.weights.get("canary", 0)
+
+
+def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
+    """Parse and validate a routing table; raise :class:`TableError` with every problem found."""
+    if isinstance(data, bytes | str):
+        try:
+            doc = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TableError(f"routing table is not valid JSON: {exc}") from None
+    else:
+        doc = data
+    if not isinstance(doc, dict):
+        raise TableError(f"routing table must be a JSON object, got {type(doc).__name__}")
+
+    problems: list[str] = []
+    generation: Any = doc.get("generation")
+    if not _is_int(generation) or generation < 0:
+        problems.append(f"generation must be an integer >= 0, got {generation!r}")
+    deployment = doc.get("deployment", "")
+    if not isinstance(deployment, str):
+        problems.append(f"deployment must be a string, got {deployment!r}")
+    backends = _parse_backends(doc.get("backends"), problems)
+    weights = _parse_weights(doc.get("weights"), backends, problems)
+    sticky = doc.get("stickyHeader")
+    if sticky is not None and (not isinstance(sticky, str) or not _is_header_name(sticky)):
+        problems.append(f"stickyHeader must be a header name or null, got {sticky!r}")
+    shadow = doc.get("shadowPercent", 0)
+    if not isinstance(shadow, int | float) or isinstance(shadow, bool) or not 0 <= shadow <= 100:
+        problems.append(f"shadowPercent must be a number in 0..100, got {shadow!r}")
+    elif shadow > 0 and "canary" not in backends:
+        problems.append("shadowPercent > 0 needs a canary backend")
+    if problems:
+        raise TableError("invalid routing table: " + "; ".join(problems))
+    return RoutingTable(
+        generation=generation,
+        deployment=deployment,
+        backends=backends,
+        weights=weights,
+        sticky_header=sticky.lower() if sticky else None,
+        shadow_percent=float(shadow),
+        raw=doc,
+    )
+
+
+def check_successor(current: RoutingTable | None, new: RoutingTable) -> bool:
+    """Whether ``new`` may replace ``current``: False if it is the same table (nothing to do).
+
+    Raises :class:`TableError` for a lower generation, or the same generation with other
+    content (the writer must bump the generation so every router agrees on what is in force).
+    """
+    if current is None:
+        return True
+    if new.generation < current.generation:
+        raise TableError(
+            f"generation {new.generation} is lower than generation {current.generation} in force"
+        )
+    if new.generation == current.generation:
+        if new == current:
+            return False
+        raise TableError(
+            f"generation {new.generation} is already in force with other content; "
+            "bump the generation to change the table"
+        )
+    return True
+
+
+def sticky_bucket(value: str) -> int:
+    """Bucket 0..9999 of a sticky header value, the same in every process and release."""
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def choose(table: RoutingTable, sticky_value: str | None, force: str | None, rand: float) -> Track:
+    """The track that serves one request.
+
+    ``force`` (the value of the force header) wins; then a sticky value picks by bucket
+    (users in buckets below ``canary weight * 100`` get the canary, so raising the weight
+    only moves users upward); otherwise ``rand`` in [0, 1) splits by weight.
+    Raises :class:`TableError` for a force value that names no backend in the table.
+    """
+    if force is not None:
+        track = force.strip().lower()
+        if track not in table.backends:
+            known = ", ".join(table.backends)
+            raise TableError(f"cannot force track {force!r}: this table has {known}")
+        return track  # type: ignore[return-value]
+    weight = table.canary_weight
+    if weight <= 0:
+        return "stable"
+    if weight >= 100:
+        return "canary"
+    if sticky_value is not None:
+        return "canary" if sticky_bucket(sticky_value) < weight * (BUCKETS // 100) else "stable"
+    return "canary" if rand * 100.0 < weight else "stable"
+
+
+def should_shadow(table: RoutingTable, track: Track, rand: float) -> bool:
+    """Whether a request served by ``track`` is also mirrored to the canary."""
+    return track == "stable" and "canary" in table.backends and rand * 100.0 < table.shadow_percent
+
+
+def _parse_backends(value: Any, problems: list[str]) -> dict[Track, Backend]:
+    if not isinstance(value, dict) or not value:
+        problems.append("backends must be a non-empty object {stable: {...}, canary: {...}}")
+        return {}
+    backends: dict[Track, Backend] = {}
+    for name, spec in value.items():
+        if name not in TRACKS:
+            problems.append(f"unknown backend {name!r} (known: stable, canary)")
+            continue
+        if not isinstance(spec, dict):
+            problems.append(f"backends.{name} must be an object with url and version")
+            continue
+        url: Any = spec.get("url")
+        version: Any = spec.get("version")
+        if not isinstance(version, str) or not version:
+            problems.append(f"backends.{name}.version must be a non-empty string")
+            continue
+        parsed = _parse_url(url)
+        if isinstance(parsed, str):
+            problems.append(f"backends.{name}.url {parsed}")
+            continue
+        host, port, prefix = parsed
+        backends[name] = Backend(name, url, version, host, port, prefix)
+    if value and "stable" not in value:
+        problems.append("backends must include stable")
+    return backends
+
+
+def _parse_weights(
+    value: Any, backends: dict[Track, Backend], problems: list[str]
+) -> dict[Track, int]:
+    if not isinstance(value, dict):
+        problems.append('weights must be an object such as {"stable": 90, "canary": 10}')
+        return {}
+    weights: dict[Track, int] = {}
+    for name, weight in value.items():
+        if name not in TRACKS:
+            problems.append(f"weights names unknown backend {name!r}")
+        elif not _is_int(weight) or not 0 <= weight <= 100:
+            problems.append(f"weights.{name} must be an integer in 0..100, got {weight!r}")
+        elif name not in backends and weight > 0:
+            problems.append(f"weights.{name} is {weight} but there is no {name} backend")
+        else:
+            weights[name] = weight
+    if len(weights) == len(value) and sum(weights.values()) != 100:
+        problems.append(f"weights must add up to 100, got {sum(weights.values())}")
+    return weights
+
+
+def _parse_url(url: Any) -> tuple[str, int, str] | str:
+    if not isinstance(url, str) or not url:
+        return "must be a non-empty string such as http://model-v1:8000"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{url!r} is malformed: {exc}"
+    if parts.scheme != "http":
+        return f"{url!r}: only http:// backends are supported"
+    if not parts.hostname:
+        return f"{url!r} has no host"
+    if parts.query or parts.fragment:
+        return f"{url!r} must not have a query or fragment"
+    return parts.hostname, port or 80, parts.path.rstrip("/")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _is_header_name(name: str) -> bool:
+    return bool(name) and all(c in _TOKEN_CHARS for c in name)

@@ -1,0 +1,235 @@
+"""A small pooled keep-alive HTTP/1.1 client for one backend, on asyncio protocols + httptools.
+
+Written by hand instead of using aiohttp's client because the router pays this cost on
+every request (see docs/routing.md, Performance). It does only what the router needs:
+one request per connection at a time, ``Content-Length`` request bodies, complete
+(buffered) responses, connection reuse, and an error type that says whether the backend
+answered anything at all (only then is a retry on another backend unsafe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+import httptools
+
+
+class UpstreamError(Exception):
+    """The backend gave no complete response.
+
+    ``before_response`` is True when not a byte of a response arrived (connection
+    refused or reset, timeout while waiting): the request can be retried elsewhere.
+    """
+
+    def __init__(self, message: str, before_response: bool, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response
+        self.timeout = timeout
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; ``pool`` gets it back when a response completes."""
+
+    def __init__(self, pool: Upstream) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.got_bytes = False
+        self.headers_done = False
+        self.head = False
+        self.closed = False
+        self.used = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.max_body = pool.max_response_bytes
+        self.body_size = 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response from backend: {exc}", False))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            if self.headers_done and self._close_delimited():
+                # No Content-Length and not chunked: the body ends when the connection does.
+                self.on_message_complete()
+                return
+            why = f": {exc}" if exc else ""
+            msg = f"backend closed the connection before a complete response{why}"
+            self._fail(UpstreamError(msg, not self.got_bytes))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        if self.head:
+            # A HEAD response announces a body it does not send; the parser would wait
+            # for it, so finish here and do not reuse the connection.
+            self.closed = True
+            self.on_message_complete()
+
+    def _close_delimited(self) -> bool:
+        names = {n.lower() for n, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.max_body:
+            self._fail(UpstreamError(f"backend response exceeds {self.max_body} bytes", False))
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        self._stop_timer()
+        response = Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
+        self.waiter = None
+        keep = self.parser.should_keep_alive() and not self.closed
+        waiter.set_result(response)
+        if keep:
+            self.pool._release(self)
+        else:
+            self.close()
+
+    # used by Upstream
+    def send(self, data: bytes, timeout: float, head: bool = False) -> asyncio.Future[Response]:
+        loop = self.pool.loop
+        self.waiter = waiter = loop.create_future()
+        self.headers, self.body, self.body_size, self.got_bytes = [], [], 0, False
+        self.headers_done, self.head = False, head
+        self.used = True
+        self.timer = loop.call_later(timeout, self._on_timeout, timeout)
+        assert self.transport is not None
+        self.transport.write(data)
+        return waiter
+
+    def close(self) -> None:
+        self._stop_timer()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_timeout(self, timeout: float) -> None:
+        self.timer = None
+        msg = f"backend gave no complete response within {timeout:g}s"
+        self._fail(UpstreamError(msg, not self.got_bytes, timeout=True))
+
+    def _fail(self, exc: UpstreamError) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.close()  # a half-read connection can never be reused
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Upstream:
+    """A pool of keep-alive connections to one ``host:port``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 1.0,
+        max_idle: int = 64,
+        max_response_bytes: int = 64 << 20,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.max_response_bytes = max_response_bytes
+        self.loop = loop or asyncio.get_running_loop()
+        self.host_header = (host if port == 80 else f"{host}:{port}").encode("idna")
+        self._idle: deque[_Connection] = deque()
+        self._retired = False
+
+    async def request(
+        self, method: bytes, target: bytes, headers: bytes, body: bytes, timeout: float
+    ) -> Response:
+        """Send one request; ``headers`` are complete ``name: value\\r\\n`` lines (no Host or
+        Content-Length: added here). Raises :class:`UpstreamError`."""
+        data = b"".join(
+            (
+                method, b" ", target, b" HTTP/1.1\r\nhost: ", self.host_header,
+                b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n", headers, b"\r\n",
+                body,
+            )
+        )  # fmt: skip
+        head = method == b"HEAD"
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await conn.send(data, timeout, head)
+            except UpstreamError as exc:
+                # The backend may have closed an idle connection just as we reused it:
+                # nothing was processed, so one retry on a fresh connection is safe.
+                if not exc.before_response or exc.timeout:
+                    raise
+        conn = await self._connect()
+        return await conn.send(data, timeout, head)
+
+    def close(self) -> None:
+        """Close idle connections now and busy ones when they finish."""
+        self._retired = True
+        while self._idle:
+            self._idle.popleft().close()
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if self._retired or len(self._idle) >= self.max_idle:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    async def _connect(self) -> _Connection:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            raise UpstreamError(
+                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g}s",
+                before_response=True,
+                timeout=True,
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
+                before_response=True,
+            ) from None
+        return conn
