@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             if "router" in sections:
                 results["router"] = router_overhead(
-                    env, args.requests, args.concurrency, args.rounds, load_core
+                    env, args.requests, args.concurrency, args.rounds
                 )
             if "drift" in sections:
                 costs = drift_cost(model, rows=2_000 if args.smoke else 200_000)

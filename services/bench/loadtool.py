@@ -8,11 +8,12 @@ shared 2-core machine that is far steadier than wall-clock throughput.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class LoadResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float  # hey's times come in 0.1 ms steps: means resolve small differences, p50s do not
     cpu_us_per_request: float
     rss_mb: float
 
@@ -94,51 +96,48 @@ def hey_path() -> str:
     return path
 
 
-def run_hey(url: str, body: Path, requests: int, concurrency: int, core: str | None = None) -> str:
+@dataclass(frozen=True)
+class HeyRun:
+    """One hey run: latencies of the 2xx answers, throughput, and what failed."""
+
+    times_ms: list[float]
+    rps: float
+    errors: int  # sent but not answered 2xx
+
+    def quantile(self, q: float) -> float:
+        if not self.times_ms:
+            raise RuntimeError("no request was answered 2xx")
+        ordered = sorted(self.times_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def parse_hey_csv(output: str, sent: int, wall_seconds: float) -> HeyRun:
+    """Read hey's ``-o csv`` output (one row per request, times in 0.1 ms steps)."""
+    rows = list(csv.DictReader(io.StringIO(output)))
+    if rows and "response-time" not in rows[0]:
+        raise RuntimeError(f"unexpected hey output:\n{output[:500]}")
+    times = [
+        float(r["response-time"]) * 1000 for r in rows if r.get("status-code", "").startswith("2")
+    ]
+    return HeyRun(
+        times_ms=times,
+        rps=sent / wall_seconds if wall_seconds > 0 else 0.0,
+        errors=sent - len(times),
+    )
+
+
+def run_hey(
+    url: str, body: Path, requests: int, concurrency: int, core: str | None = None
+) -> HeyRun:
+    """POST ``body`` to ``url``; hey sends ``requests // concurrency * concurrency`` requests."""
     cmd = [hey_path(), "-n", str(requests), "-c", str(concurrency), "-m", "POST"]
-    cmd += ["-T", "application/json", "-D", str(body), url]
+    cmd += ["-T", "application/json", "-D", str(body), "-o", "csv", url]
+    start = time.perf_counter()
     done = subprocess.run(
         pinned(cmd, core), check=True, capture_output=True, text=True, timeout=900
     )
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class HeyStats:
-    ok: int
-    errors: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-
-
-def parse_hey(output: str, sent: int) -> HeyStats:
-    """Read hey's summary: 2xx count, requests/s and the 50th/99th latency percentiles.
-
-    ``sent`` is what hey was asked for; hey sends ``requests // concurrency * concurrency``.
-    On runs too short for a 99th percentile, hey prints none: the slowest request stands in.
-    """
-
-    def number(pattern: str) -> float:
-        match = re.search(pattern, output, re.MULTILINE)
-        if match is None:
-            raise RuntimeError(f"unexpected hey output (no {pattern!r}):\n{output[-1500:]}")
-        return float(match.group(1))
-
-    ok = sum(int(n) for n in re.findall(r"\[2\d\d\]\s+(\d+) responses", output))
-    return HeyStats(
-        ok=ok,
-        errors=sent - ok,
-        rps=number(r"Requests/sec:\s+([\d.]+)"),
-        p50_ms=number(r"^\s*50%+ in ([\d.]+) secs") * 1000,
-        p99_ms=_p99(output, number) * 1000,
-    )
-
-
-def _p99(output: str, number: Callable[[str], float]) -> float:
-    if re.search(r"^\s*99% in [\d.]+ secs", output, re.MULTILINE):
-        return number(r"^\s*99% in ([\d.]+) secs")
-    return number(r"Slowest:\s+([\d.]+) secs")
+    wall = time.perf_counter() - start
+    return parse_hey_csv(done.stdout, requests // concurrency * concurrency, wall)
 
 
 def measure(
@@ -146,15 +145,15 @@ def measure(
 ) -> LoadResult:
     """Send ``requests`` POSTs of ``body`` to ``url`` and charge the server tree's CPU to them."""
     before = tree_cpu_seconds(pid)
-    sent = requests // concurrency * concurrency
-    stats = parse_hey(run_hey(url, body, requests, concurrency, core), sent)
+    run = run_hey(url, body, requests, concurrency, core)
     used = tree_cpu_seconds(pid) - before
     return LoadResult(
-        requests=stats.ok,
-        errors=stats.errors,
-        rps=stats.rps,
-        p50_ms=stats.p50_ms,
-        p99_ms=stats.p99_ms,
-        cpu_us_per_request=used / max(1, stats.ok) * 1e6,
+        requests=len(run.times_ms),
+        errors=run.errors,
+        rps=run.rps,
+        p50_ms=run.quantile(0.5),
+        p99_ms=run.quantile(0.99),
+        mean_ms=sum(run.times_ms) / max(1, len(run.times_ms)),
+        cpu_us_per_request=used / max(1, len(run.times_ms)) * 1e6,
         rss_mb=tree_rss_mb(pid),
     )

@@ -1,26 +1,27 @@
-"""Router overhead: the same load straight to a model server and through the router.
+"""Router overhead in front of a real mlrollout model server.
 
-Both paths run alternately in the same rounds. The router's own CPU per request is its
-process's utime+stime delta over the requests; added latency is the p50 difference.
+The measurement itself is the router's own side-by-side tool
+(``mlrollout.services.router.measure``): the same load alternately straight to the model
+server and through the router, the router's CPU read around every run.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mlrollout.services.netutil import free_port
+from mlrollout.services.router.measure import measure
 
-from .loadtool import LoadResult, measure, pinned, tree_cpu_seconds
+from .loadtool import pinned
 from .servers import BenchEnv, Server, body, start_mlrollout, wait_post
 from .serving import sample_rows
 
 
-def start_router(env: BenchEnv, backend: Server) -> Server:
+def start_router(env: BenchEnv, backend_base: str) -> Server:
     port = free_port()
     table = env.work / "router-table.json"
     table.write_text(
@@ -28,12 +29,8 @@ def start_router(env: BenchEnv, backend: Server) -> Server:
             {
                 "generation": 1,
                 "deployment": "bench",
-                "backends": {
-                    "stable": {"url": backend.url.rsplit("/predict", 1)[0], "version": "v1"}
-                },
+                "backends": {"stable": {"url": backend_base, "version": "v1"}},
                 "weights": {"stable": 100},
-                "stickyHeader": None,
-                "shadowPercent": 0,
             }
         )
     )
@@ -43,48 +40,44 @@ def start_router(env: BenchEnv, backend: Server) -> Server:
     return Server("router", proc, f"http://127.0.0.1:{port}/predict", "instances")
 
 
-def router_overhead(
-    env: BenchEnv, requests: int, concurrency: int, rounds: int, load_core: str | None
-) -> dict[str, Any]:
+def router_overhead(env: BenchEnv, requests: int, concurrency: int, rounds: int) -> dict[str, Any]:
     backend = start_mlrollout(env)
-    router = start_router(env, backend)
+    backend_base = backend.url.rsplit("/predict", 1)[0]
+    router = start_router(env, backend_base)
     data = env.work / "router-body.json"
     data.write_bytes(body(env.model, "instances", sample_rows(env.model.n_features, 1)))
     wait_post(backend.url, data.read_bytes(), backend.proc)
     wait_post(router.url, data.read_bytes(), router.proc)
-    measure(router.url, backend.proc.pid, data, max(100, requests // 10), concurrency, load_core)
-    direct: list[LoadResult] = []
-    via: list[LoadResult] = []
-    router_cpu: list[float] = []
-    for _ in range(rounds):
-        direct.append(
-            measure(backend.url, backend.proc.pid, data, requests, concurrency, load_core)
-        )
-        before = tree_cpu_seconds(router.proc.pid)
-        via.append(measure(router.url, backend.proc.pid, data, requests, concurrency, load_core))
-        router_cpu.append(
-            (tree_cpu_seconds(router.proc.pid) - before) / max(1, via[-1].requests) * 1e6
-        )
+    router_base = router.url.rsplit("/predict", 1)[0]
+    summary = measure(
+        backend_base, router_base, router.proc.pid, "/predict", data, requests, concurrency, rounds
+    )
     env.sup.stop("router")
     env.sup.stop("mlrollout")
-    added = [v.p50_ms - d.p50_ms for d, v in zip(direct, via, strict=True)]
-    med = statistics.median
+    cpu_us = [r.router_cpu_ms_per_req * 1000 for r in summary.runs if r.target == "router"]
+    direct = [r for r in summary.runs if r.target == "direct"]
+    routed = [r for r in summary.runs if r.target == "router"]
+    added_mean = [b.mean_ms - a.mean_ms for a, b in zip(direct, routed, strict=True)]
     markdown = [
         f"In front of the mlrollout model server, batch 1, {requests} requests per run at concurrency "
-        f"{concurrency}, {rounds} rounds alternating direct and routed.",
+        f"{concurrency}, {rounds} rounds alternating direct and routed (`mlrollout.services.router.measure`). "
+        "hey reports times in 0.1 ms steps, so the mean difference is given beside the p50.",
         "",
-        "| path | p50 ms | p99 ms | req/s | errors |",
-        "|---|---:|---:|---:|---:|",
-        f"| direct | {med(r.p50_ms for r in direct):.2f} | {med(r.p99_ms for r in direct):.2f} | {med(r.rps for r in direct):,.0f} | {sum(r.errors for r in direct)} |",
-        f"| through router | {med(r.p50_ms for r in via):.2f} | {med(r.p99_ms for r in via):.2f} | {med(r.rps for r in via):,.0f} | {sum(r.errors for r in via)} |",
+        "| path | p50 ms | p99 ms | mean ms | req/s | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r.target} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.mean_ms:.3f} | {r.rps:,.0f} | {r.errors} |"
+            for r in summary.runs
+        ],
         "",
-        f"Router CPU per request: {med(router_cpu):.0f} us (runs: {', '.join(f'{x:.0f}' for x in router_cpu)}); "
-        f"added p50: {med(added):.2f} ms (runs: {', '.join(f'{x:.2f}' for x in added)}).",
+        f"Router CPU per request: median {summary.router_cpu_ms_per_req * 1000:.0f} us "
+        f"(runs: {', '.join(f'{x:.0f}' for x in cpu_us)}); added p50 {summary.added_p50_ms:+.2f} ms, "
+        f"added mean {summary.added_mean_ms:+.3f} ms.",
     ]
     return {
-        "direct": [asdict(r) for r in direct],
-        "routed": [asdict(r) for r in via],
-        "router_cpu_us_per_request": router_cpu,
-        "added_p50_ms": added,
+        "summary": asdict(summary),
+        "router_cpu_us_per_request": cpu_us,
+        "added_p50_ms": [summary.added_p50_ms],
+        "added_mean_ms": added_mean,
         "markdown": markdown,
     }

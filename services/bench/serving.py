@@ -87,6 +87,7 @@ def in_process_floor(model: BenchModel, batch: int, calls: int) -> LoadResult:
         rps=calls / wall,
         p50_ms=ms[len(ms) // 2],
         p99_ms=ms[int(len(ms) * 0.99) - 1],
+        mean_ms=sum(ms) / len(ms),
         cpu_us_per_request=cpu / calls * 1e6,
         rss_mb=float("nan"),
     )

@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
-import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .testing import fake_backend, router, write_table
+from mlrollout.services.bench.loadtool import run_hey, tree_cpu_seconds
 
-HEY = "/usr/bin/hey"
-_TICK = os.sysconf("SC_CLK_TCK")
+from .testing import fake_backend, router, write_table
 
 
 @dataclass
@@ -56,32 +51,6 @@ class Summary:
     runs: list[Run]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (fields 14 and 15, after the comm field)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def hey(url: str, requests: int, concurrency: int, body: Path) -> tuple[list[float], float, int]:
-    """Run hey; return (latencies in ms of 2xx answers, requests/s, failed or non-2xx count).
-
-    hey prints per-request times in 0.1 ms steps; the mean over thousands of requests
-    resolves differences well below that, the p50 does not.
-    """
-    cmd = [HEY, "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-D", str(body)]
-    cmd += ["-T", "application/json", "-o", "csv", url]
-    start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
-    wall = time.perf_counter() - start
-    times = [
-        float(row["response-time"]) * 1000
-        for row in csv.DictReader(io.StringIO(out))
-        if row.get("status-code", "").startswith("2")
-    ]
-    return times, requests / wall, requests - len(times)
-
-
 def measure(
     backend_url: str, router_url: str, router_pid: int, path: str, body: Path,
     requests: int, concurrency: int, rounds: int,
@@ -89,12 +58,13 @@ def measure(
     """Alternate direct and routed runs; the proxy's CPU is read around every run."""
     runs: list[Run] = []
     targets = {"direct": backend_url.rstrip("/"), "router": router_url.rstrip("/")}
-    hey(targets["router"] + path, min(requests, 500), concurrency, body)  # warm up pools
+    run_hey(targets["router"] + path, body, min(requests, 500), concurrency)  # warm up pools
     for _ in range(rounds):
         for name, base in targets.items():
-            before = cpu_seconds(router_pid)
-            times, rps, errors = hey(base + path, requests, concurrency, body)
-            cpu = (cpu_seconds(router_pid) - before) * 1000 / requests
+            before = tree_cpu_seconds(router_pid)
+            run = run_hey(base + path, body, requests, concurrency)
+            times, rps, errors = run.times_ms, run.rps, run.errors
+            cpu = (tree_cpu_seconds(router_pid) - before) * 1000 / requests
             if len(times) < 2:
                 raise RuntimeError(f"no successful requests to {base + path}")
             q = statistics.quantiles(times, n=100)
@@ -123,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router", help="measure this running proxy instead of starting one")
     parser.add_argument("--router-pid", type=int, help="process id of --router (for CPU)")
     args = parser.parse_args(argv)
-    if not Path(HEY).exists():
-        print(f"{HEY} not found: install hey (apt-get install hey)", file=sys.stderr)
+    if shutil.which("hey") is None:
+        print("hey not found: install hey (apt-get install hey, or make install)", file=sys.stderr)
         return 2
     if args.router and args.router_pid is None:
         parser.error("--router needs --router-pid")

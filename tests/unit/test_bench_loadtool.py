@@ -6,57 +6,35 @@ import os
 import time
 
 import pytest
-from mlrollout.services.bench.loadtool import parse_hey, tree_cpu_seconds, tree_rss_mb
+from mlrollout.services.bench.loadtool import parse_hey_csv, tree_cpu_seconds, tree_rss_mb
 
-HEY_FULL = """
-Summary:
-  Total:\t0.5000 secs
-  Slowest:\t0.0300 secs
-  Fastest:\t0.0001 secs
-  Requests/sec:\t2000.1234
-
-Latency distribution:
-  10% in 0.0002 secs
-  50% in 0.0010 secs
-  99% in 0.0200 secs
-
-Status code distribution:
-  [200]\t990 responses
-  [503]\t8 responses
-"""
-
-HEY_SHORT = """
-Summary:
-  Slowest:\t0.0150 secs
-  Requests/sec:\t100.0
-
-Latency distribution:
-  50% in 0.0040 secs
-  0% in 0.0000 secs
-
-Status code distribution:
-  [200]\t96 responses
+HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+0.0010,0.0001,0.0000,0.0000,0.0009,0.0000,200,0.0010
+0.0020,0.0000,0.0000,0.0000,0.0019,0.0000,200,0.0030
+0.0030,0.0000,0.0000,0.0000,0.0029,0.0000,200,0.0060
+0.0500,0.0000,0.0000,0.0000,0.0499,0.0000,503,0.0600
 """
 
 
-def test_parse_full_output() -> None:
-    stats = parse_hey(HEY_FULL, sent=1000)
-    assert stats.ok == 990
-    assert stats.errors == 10  # 8 answered 503, 2 never answered
-    assert stats.rps == pytest.approx(2000.1234)
-    assert stats.p50_ms == pytest.approx(1.0)
-    assert stats.p99_ms == pytest.approx(20.0)
+def test_parse_csv_counts_only_2xx() -> None:
+    run = parse_hey_csv(HEY_CSV, sent=5, wall_seconds=0.5)
+    assert run.times_ms == pytest.approx([1.0, 2.0, 3.0])
+    assert run.errors == 2  # one answered 503, one never answered
+    assert run.rps == pytest.approx(10.0)
+    assert run.quantile(0.5) == pytest.approx(2.0)
+    assert run.quantile(0.99) == pytest.approx(3.0)
 
 
-def test_short_run_uses_slowest_for_p99() -> None:
-    stats = parse_hey(HEY_SHORT, sent=96)
-    assert stats.errors == 0
-    assert stats.p99_ms == pytest.approx(15.0)
+def test_no_successful_request_is_an_error() -> None:
+    run = parse_hey_csv(HEY_CSV.splitlines()[0] + "\n", sent=4, wall_seconds=1.0)
+    assert run.errors == 4
+    with pytest.raises(RuntimeError, match="no request"):
+        run.quantile(0.5)
 
 
 def test_garbage_output_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="unexpected hey output"):
-        parse_hey("connection refused", sent=10)
+        parse_hey_csv("Error: connection refused\nsomething\n", sent=10, wall_seconds=1.0)
 
 
 def test_tree_accounting_sees_own_cpu_and_memory() -> None:
