@@ -46,12 +46,15 @@ lint: install
 	$(BIN)/ruff format --check operator services tests
 	cd .lint && ../$(BIN)/mypy --config-file ../pyproject.toml -p mlrollout.operator -p mlrollout.services
 
-# Regenerate the CRD from the pydantic models, then copy it into helm/ and manifests/.
+# Regenerate the CRD from the pydantic models (crds/, manifests/crd.yaml), then the chart's
+# copy and the manifests rendered from the chart. crds-check fails when any copy is stale.
 crds: install
 	$(BIN)/python -m mlrollout.operator.crd write
+	$(BIN)/python -m mlrollout.services.deploy_assets write
 
 crds-check: install
 	$(BIN)/python -m mlrollout.operator.crd check
+	$(BIN)/python -m mlrollout.services.deploy_assets check
 
 e2e: install
 	@bash tests/e2e/kind/run.sh

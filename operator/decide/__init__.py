@@ -1,0 +1,21 @@
+"""The pure rollout engine: decide what should be; ``reconcile`` applies it."""
+
+from mlrollout.operator.decide.engine import (
+    Counter,
+    Decision,
+    Observations,
+    decide,
+    decide_invalid,
+    plan_queries,
+    wanted_revisions,
+)
+
+__all__ = [
+    "Counter",
+    "Decision",
+    "Observations",
+    "decide",
+    "decide_invalid",
+    "plan_queries",
+    "wanted_revisions",
+]

@@ -1,0 +1,737 @@
+"""The ModelDeployment resource: pydantic models of spec and status.
+
+These models are the one source of the CRD (``operator/crd.py`` renders them), of spec
+validation in local mode, and of the status the engine reads and writes. Every field
+carries a description because ``kubectl explain`` shows it to users.
+
+Rules that span fields are written twice on purpose: as a pydantic validator (checked in
+local mode and by the operator before acting) and as a CEL rule in ``CEL_RULES`` below
+(checked by the API server before the object is stored). ``tests/unit/test_model_spec.py``
+keeps the two in step with one table of bad specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "mlrollout.io"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MANUAL = "manual"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30s``, ``5m`` or ``1h30m`` (Go/Prometheus style)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+class _Spec(BaseModel):
+    # Unknown fields are an error: in local mode a typo must not be silently ignored
+    # (the API server prunes them anyway).
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class _Status(BaseModel):
+    # Status written by a newer or older operator must still load: ignore what we do not know.
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="ignore",
+    )
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class ModelRef(_Spec):
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Model name, as in the artifact's model card (model.json).",
+    )
+    version: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Model version. Changing it (or uri/sha256) starts a canary rollout.",
+    )
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description=(
+            "Where the model artifact lives: an http(s) URL of a .tar.gz or a directory path "
+            "(local mode). The artifact holds model.onnx, profile.json and model.json."
+        ),
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="Expected sha256 of model.onnx; the server refuses to load a mismatch.",
+    )
+
+
+class Autoscaling(_Spec):
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=3, ge=1, le=1000, description="Most replicas.")
+    target_cpu_utilization_percentage: int = Field(
+        default=70,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU utilisation (percent of requests) the autoscaler aims for.",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        return self
+
+
+class Resources(_Spec):
+    requests: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "100m", "memory": "256Mi"},
+        description="Resource requests per model server container (Kubernetes quantities).",
+    )
+    limits: dict[str, str] = Field(
+        default_factory=lambda: {"memory": "1Gi"},
+        description="Resource limits per model server container (Kubernetes quantities).",
+    )
+
+
+class EnvVar(_Spec):
+    """An environment variable of the model server container."""
+
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable name.",
+    )
+    value: str = Field(default="", description="Environment variable value.")
+
+
+class Serving(_Spec):
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Fixed replica count per revision (default 1). Exclusive with autoscaling.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Horizontal autoscaling per revision. Exclusive with replicas.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Model server container resources."
+    )
+    image: str = Field(
+        default="ghcr.io/mlrollout/serving:0.1.0",
+        min_length=1,
+        description="Model server image (runs `mlrollout serve`).",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables for the model server container.",
+    )
+
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> Serving:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("serving: set either replicas or autoscaling, not both")
+        return self
+
+    @property
+    def effective_replicas(self) -> int:
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return 1 if self.replicas is None else self.replicas
+
+
+class Step(_Spec):
+    """One canary step: a traffic weight, held until analysis passes and the pause ends."""
+
+    weight: int = Field(
+        ge=0,
+        le=100,
+        description=(
+            "Percent of traffic sent to the canary. 0 runs the step on mirrored traffic only "
+            "(needs traffic.shadowPercent > 0)."
+        ),
+    )
+    pause: str | None = Field(
+        default=None,
+        pattern=r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|manual)$",
+        description=(
+            "Least time at this weight (e.g. 30s, 5m), counted from the step's start; the "
+            "step also needs a passing analysis run. Absent: advance as soon as analysis "
+            "passes. 'manual': wait for controls.resume (or controls.promote)."
+        ),
+    )
+
+    @property
+    def pause_seconds(self) -> float | None:
+        """Seconds to pause; None when absent or manual."""
+        if self.pause is None or self.pause == MANUAL:
+            return None
+        return parse_duration(self.pause)
+
+
+class OnProviderError(_Spec):
+    action: Literal["hold", "rollback"] = Field(
+        default="hold",
+        description=(
+            "What to do while Prometheus cannot answer: hold the step (after maxHold the "
+            "phase turns Degraded, still holding), or roll back once maxHold has passed. "
+            "Never promotes."
+        ),
+    )
+    max_hold: str = Field(
+        default="10m",
+        pattern=DURATION_PATTERN,
+        description="How long provider errors may last before the action's consequence.",
+    )
+
+
+class ErrorRateCheck(_Spec):
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        alias="max",
+        description="Highest allowed canary server-error rate (server_error / requests).",
+    )
+    max_increase: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Largest allowed increase of the canary's error rate over stable's; the canary "
+            "fails only if a one-sided count-based test is confident the increase is larger."
+        ),
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.9999,
+        description="Confidence of the comparison with stable (e.g. 0.95).",
+    )
+
+
+class LatencyCheck(_Spec):
+    enabled: bool = Field(default=True, description="Run this check.")
+    quantile: float = Field(default=0.95, gt=0, lt=1, description="Latency quantile to judge.")
+    max_seconds: float = Field(
+        default=1.0, gt=0, description="Highest allowed canary latency at the quantile."
+    )
+    max_ratio: float | None = Field(
+        default=1.5,
+        gt=0,
+        description="Highest allowed canary/stable latency ratio at the quantile.",
+    )
+
+
+class InputDriftCheck(_Spec):
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_psi_increase: float = Field(
+        default=0.1,
+        ge=0,
+        description=(
+            "Largest allowed excess of the canary's input PSI (live inputs vs its own "
+            "training profile) over stable's, per feature. Input drift both versions share "
+            "does not fail the canary."
+        ),
+    )
+
+
+class PredictionDriftCheck(_Spec):
+    enabled: bool = Field(default=True, description="Run this check.")
+    max_psi: float = Field(
+        default=0.2,
+        ge=0,
+        description=(
+            "Largest allowed PSI between the canary's and stable's prediction distributions "
+            "over the window (both see the same traffic)."
+        ),
+    )
+
+
+class FeedbackAccuracyCheck(_Spec):
+    enabled: bool = Field(default=True, description="Run this check.")
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Lowest allowed canary accuracy on feedback."
+    )
+    max_decrease: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Largest allowed accuracy drop versus stable (count-based, with confidence).",
+    )
+    min_samples: int = Field(
+        default=50, ge=1, description="Feedback events needed before judging accuracy."
+    )
+
+
+class CustomCheck(_Spec):
+    """A PromQL check that must stay within [min, max]."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="Name of the check in verdicts and events.",
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL returning one number. Placeholders: {{deployment}}, {{namespace}}, "
+            "{{version}} (the canary's), {{track}} (always 'canary')."
+        ),
+    )
+    min_value: float | None = Field(default=None, alias="min", description="Lowest passing value.")
+    max_value: float | None = Field(default=None, alias="max", description="Highest passing value.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CustomCheck:
+        if self.min_value is None and self.max_value is None:
+            raise ValueError(f"custom check {self.name!r}: set min, max or both")
+        if (
+            self.min_value is not None
+            and self.max_value is not None
+            and self.min_value > self.max_value
+        ):
+            raise ValueError(f"custom check {self.name!r}: min must be <= max")
+        return self
+
+
+class Metrics(_Spec):
+    error_rate: ErrorRateCheck = Field(
+        default_factory=ErrorRateCheck, description="Server-error rate, absolute and vs stable."
+    )
+    latency: LatencyCheck = Field(
+        default_factory=LatencyCheck, description="Latency quantile, absolute and vs stable."
+    )
+    input_drift: InputDriftCheck | None = Field(
+        default=None, description="Canary input drift vs its own profile, relative to stable's."
+    )
+    prediction_drift: PredictionDriftCheck | None = Field(
+        default=None, description="Canary prediction distribution vs stable's."
+    )
+    feedback_accuracy: FeedbackAccuracyCheck | None = Field(
+        default=None, description="Accuracy from delayed ground truth (feedback endpoint)."
+    )
+    custom: list[CustomCheck] = Field(
+        default_factory=list, max_length=20, description="Extra PromQL checks."
+    )
+
+    @model_validator(mode="after")
+    def _unique_custom(self) -> Metrics:
+        names = [c.name for c in self.custom]
+        if len(names) != len(set(names)):
+            raise ValueError("metrics.custom: check names must be unique")
+        return self
+
+
+class Analysis(_Spec):
+    interval: str = Field(
+        default="30s", pattern=DURATION_PATTERN, description="Time between analysis runs."
+    )
+    window: str = Field(
+        default="2m",
+        pattern=DURATION_PATTERN,
+        description="Look-back window of every query (counter increases over this window).",
+    )
+    min_samples: int = Field(
+        default=100,
+        ge=1,
+        description="Canary requests needed in the window; fewer holds the step (noData).",
+    )
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Consecutive failed analysis runs that roll the canary back.",
+    )
+    on_provider_error: OnProviderError = Field(
+        default_factory=OnProviderError, description="What to do when Prometheus cannot answer."
+    )
+    max_staleness: str = Field(
+        default="2m",
+        pattern=DURATION_PATTERN,
+        description="Metrics older than this count as a provider error (scraping stopped).",
+    )
+    metrics: Metrics = Field(default_factory=Metrics, description="The checks to run.")
+
+
+class Rollout(_Spec):
+    steps: list[Step] = Field(
+        default_factory=lambda: [Step(weight=10), Step(weight=50)],
+        min_length=1,
+        max_length=20,
+        description="Canary weights, in order; after the last step the canary is promoted.",
+    )
+    progress_deadline: str = Field(
+        default="10m",
+        pattern=DURATION_PATTERN,
+        description=(
+            "How long a revision may stay not ready. A canary past it is rolled back; a first "
+            "deployment past it turns Degraded."
+        ),
+    )
+    analysis: Analysis = Field(default_factory=Analysis, description="How the canary is judged.")
+
+    @model_validator(mode="after")
+    def _steps_non_decreasing(self) -> Rollout:
+        weights = [s.weight for s in self.steps]
+        if any(b < a for a, b in itertools.pairwise(weights)):
+            raise ValueError("rollout.steps: weights must be non-decreasing")
+        return self
+
+
+class ParentRef(_Spec):
+    """A Gateway (Gateway API) the HTTPRoute attaches to."""
+
+    name: str = Field(min_length=1, description="Gateway name.")
+    namespace: str | None = Field(default=None, description="Gateway namespace (default: own).")
+    section_name: str | None = Field(default=None, description="Listener name on the Gateway.")
+
+
+class Gateway(_Spec):
+    parent_refs: list[ParentRef] = Field(
+        min_length=1, max_length=16, description="Gateways the HTTPRoute attaches to."
+    )
+    hostnames: list[str] = Field(
+        default_factory=list, max_length=16, description="Hostnames the HTTPRoute matches."
+    )
+
+
+class Traffic(_Spec):
+    router: Literal["builtin", "gatewayAPI"] = Field(
+        default="builtin",
+        description=(
+            "builtin: the mlrollout router (weights, sticky header, shadow traffic). "
+            "gatewayAPI: an HTTPRoute with weighted backends (no shadow)."
+        ),
+    )
+    gateway: Gateway | None = Field(default=None, description="Required when router=gatewayAPI.")
+    sticky_header: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Request header whose value pins a caller to one track (e.g. x-user-id).",
+    )
+    shadow_percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Percent of stable traffic mirrored to the canary; responses discarded.",
+    )
+
+    @model_validator(mode="after")
+    def _gateway(self) -> Traffic:
+        if self.router == "gatewayAPI" and self.gateway is None:
+            raise ValueError("traffic.gateway is required when traffic.router is gatewayAPI")
+        if self.router == "gatewayAPI" and self.shadow_percent:
+            raise ValueError("traffic.shadowPercent needs the builtin router")
+        return self
+
+
+class Controls(_Spec):
+    promote: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Set to a new token to promote the canary now (skips remaining steps).",
+    )
+    resume: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Set to a new token to end a pause (manual or timed) at the current step.",
+    )
+    abort: str | None = Field(
+        default=None, max_length=128, description="Set to a new token to roll the canary back."
+    )
+    retry: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Set to a new token to try a rolled-back revision again.",
+    )
+
+
+class ModelDeploymentSpec(_Spec):
+    model: ModelRef = Field(description="The model to serve; changing it starts a rollout.")
+    serving: Serving = Field(default_factory=Serving, description="How each revision runs.")
+    rollout: Rollout = Field(default_factory=Rollout, description="How a new model rolls out.")
+    traffic: Traffic = Field(default_factory=Traffic, description="How traffic reaches models.")
+    controls: Controls = Field(
+        default_factory=Controls,
+        description="One-shot operator actions that work from Git: change a token to act.",
+    )
+
+    @model_validator(mode="after")
+    def _shadow_for_zero_weight(self) -> ModelDeploymentSpec:
+        if any(s.weight == 0 for s in self.rollout.steps) and self.traffic.shadow_percent == 0:
+            raise ValueError(
+                "a rollout step with weight 0 needs traffic.shadowPercent > 0 "
+                "(only mirrored traffic reaches the canary)"
+            )
+        return self
+
+
+# CEL rules enforced by the API server, keyed by the model they attach to. Each mirrors a
+# model_validator above.
+CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
+    ModelDeploymentSpec: [
+        {
+            "rule": "!has(self.rollout) || !has(self.rollout.steps) || "
+            "!self.rollout.steps.exists(s, s.weight == 0) || (has(self.traffic) && "
+            "has(self.traffic.shadowPercent) && self.traffic.shadowPercent > 0)",
+            "message": "a step with weight 0 needs traffic.shadowPercent > 0",
+        }
+    ],
+    Autoscaling: [
+        {
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "minReplicas must be <= maxReplicas",
+        }
+    ],
+    Serving: [
+        {
+            "rule": "!(has(self.replicas) && has(self.autoscaling))",
+            "message": "set either replicas or autoscaling, not both",
+        }
+    ],
+    CustomCheck: [
+        {"rule": "has(self.min) || has(self.max)", "message": "set min, max or both"},
+        {
+            "rule": "!(has(self.min) && has(self.max)) || self.min <= self.max",
+            "message": "min must be <= max",
+        },
+    ],
+    Rollout: [
+        {
+            "rule": "self.steps.map(s, s.weight).isSorted()",
+            "message": "steps weights must be non-decreasing",
+        }
+    ],
+    Traffic: [
+        {
+            "rule": "self.router != 'gatewayAPI' || has(self.gateway)",
+            "message": "gateway is required when router is gatewayAPI",
+        },
+        {
+            "rule": "self.router != 'gatewayAPI' || !has(self.shadowPercent) || "
+            "self.shadowPercent == 0",
+            "message": "shadowPercent needs the builtin router",
+        },
+    ],
+}
+
+
+def revision_id(model: ModelRef) -> str:
+    """Short stable hash of the model spec: the identity of a revision."""
+    canonical = json.dumps(
+        {"name": model.name, "version": model.version, "uri": model.uri, "sha256": model.sha256},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    INITIALIZING = "Initializing"
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"
+    INVALID_SPEC = "InvalidSpec"
+
+
+Outcome = Literal["pass", "fail", "noData", "providerError"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Revision(_Status):
+    id: str = Field(description="Short hash of the model spec (name, version, uri, sha256).")
+    name: str = Field(description="Model name.")
+    version: str = Field(description="Model version.")
+    uri: str = Field(description="Model artifact URI.")
+    sha256: str | None = Field(default=None, description="Expected sha256 of model.onnx.")
+    track: Literal["stable", "canary"] = Field(
+        default="stable",
+        description="Track label the revision started with; kept after promotion.",
+    )
+    serving_since: datetime | None = Field(
+        default=None,
+        description="When the revision first served as stable (unset while it never has).",
+    )
+
+    @classmethod
+    def of(cls, model: ModelRef, track: Literal["stable", "canary"]) -> Revision:
+        return cls(
+            id=revision_id(model),
+            name=model.name,
+            version=model.version,
+            uri=model.uri,
+            sha256=model.sha256,
+            track=track,
+        )
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version, uri=self.uri, sha256=self.sha256)
+
+
+class Weights(_Status):
+    stable: int = Field(default=100, description="Percent of traffic to stable.")
+    canary: int = Field(default=0, description="Percent of traffic to the canary.")
+
+
+class Verdict(_Status):
+    """The outcome of one check in one analysis run."""
+
+    check: str = Field(description="Check name (errorRate, latency, predictionDrift, ...).")
+    outcome: Outcome = Field(description="pass, fail, noData or providerError.")
+    value: float | None = Field(default=None, description="Observed value (canary).")
+    threshold: float | None = Field(default=None, description="Limit the value was held to.")
+    samples: int | None = Field(default=None, description="Sample size behind the value.")
+    message: str = Field(default="", description="Human explanation of the outcome.")
+
+    @field_validator("value", "threshold")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        # Status is JSON and the schema has no NaN/Inf: keep such values in the message only.
+        return v if v is None or math.isfinite(v) else None
+
+
+class AnalysisStatus(_Status):
+    last_run_at: datetime | None = Field(default=None, description="When analysis last ran.")
+    consecutive_failures: int = Field(default=0, description="Failed runs in a row.")
+    hold_since: datetime | None = Field(
+        default=None, description="Start of the current run of provider errors."
+    )
+    step_passed: bool = Field(
+        default=False, description="Analysis has passed since the current step started."
+    )
+    verdicts: list[Verdict] = Field(default_factory=list, description="Verdicts of the last run.")
+
+
+class HistoryEntry(_Status):
+    """What happened to a revision, and when."""
+
+    revision: str = Field(description="Revision id.")
+    version: str = Field(description="Model version.")
+    outcome: Literal["deployed", "promoted", "rolledBack", "aborted", "superseded"] = Field(
+        description="What happened to the revision."
+    )
+    at: datetime = Field(description="When it happened.")
+    reason: str = Field(default="", description="Why.")
+
+
+class RejectedRevision(_Status):
+    """A rolled-back revision, not retried until the model changes or retry."""
+
+    revision: str = Field(description="Revision id that was rolled back.")
+    version: str = Field(description="Its model version.")
+    at: datetime = Field(description="When it was rolled back.")
+    reason: str = Field(default="", description="Why it was rolled back.")
+
+
+class ControlsStatus(_Status):
+    promote: str | None = Field(default=None, description="Last promote token seen.")
+    resume: str | None = Field(default=None, description="Last resume token seen.")
+    abort: str | None = Field(default=None, description="Last abort token seen.")
+    retry: str | None = Field(default=None, description="Last retry token seen.")
+    promote_pending: bool = Field(
+        default=False, description="A promote was requested and waits for a ready canary."
+    )
+    resume_pending: bool = Field(
+        default=False, description="A resume was requested and ends the current step's pause."
+    )
+
+
+class Condition(_Status):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Ready, Progressing, AnalysisHealthy, InputDrift, SpecValid.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+
+
+class ModelDeploymentStatus(_Status):
+    phase: Phase = Field(default=Phase.INITIALIZING, description="Where the deployment stands.")
+    message: str = Field(default="", description="Human summary of the phase.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec last acted on."
+    )
+    stable: Revision | None = Field(default=None, description="The revision serving as stable.")
+    stable_ready: bool = Field(default=False, description="The stable revision is ready.")
+    canary: Revision | None = Field(default=None, description="The revision under analysis.")
+    current_step: int = Field(default=0, description="Index into spec.rollout.steps.")
+    step_started_at: datetime | None = Field(
+        default=None, description="When the current step's weight took effect."
+    )
+    not_ready_since: datetime | None = Field(
+        default=None, description="Since when the revision being rolled out is not ready."
+    )
+    weights: Weights = Field(default_factory=Weights, description="Traffic split in force.")
+    analysis: AnalysisStatus = Field(
+        default_factory=AnalysisStatus, description="Analysis state of the current canary."
+    )
+    rejected_revisions: list[RejectedRevision] = Field(
+        default_factory=list,
+        description="Rolled-back revisions; not retried until the model changes or retry.",
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list, description="Recent revision outcomes, newest last (bounded)."
+    )
+    controls: ControlsStatus = Field(
+        default_factory=ControlsStatus, description="Control tokens already acted on."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    routing_generation: int = Field(
+        default=0, description="Generation of the routing table last written."
+    )
+
+    def to_json(self) -> dict[str, object]:
+        """The status as it is stored (camelCase, JSON types, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+HISTORY_LIMIT = 20
+REJECTED_LIMIT = 20

@@ -1,0 +1,197 @@
+"""The thin act layer shared by Kubernetes mode and local mode.
+
+One call observes, decides and applies, in this order:
+
+1. parse the spec (a bad one gets the InvalidSpec phase and nothing else changes);
+2. start/keep the revisions the engine wants before judging (``wanted_revisions``);
+3. run the Prometheus queries the engine asks for (``plan_queries``), mapping failures to
+   provider errors per query;
+4. ``decide``;
+5. apply: routes first (so traffic leaves a revision before it stops), then the final set
+   of revisions, then events.
+
+The caller persists ``ReconcileResult.status`` (kopf: ``patch.status``; local mode: a file)
+and calls again after ``requeue_after`` seconds or when the spec changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mlrollout.operator.decide import (
+    Decision,
+    Observations,
+    decide,
+    decide_invalid,
+    plan_queries,
+    wanted_revisions,
+)
+from mlrollout.operator.interfaces import (
+    DeploymentKey,
+    Event,
+    MetricsProvider,
+    ProviderError,
+    RevisionState,
+    Runtime,
+    Sample,
+    TrafficRouter,
+)
+from mlrollout.operator.model import ModelDeploymentSpec, ModelDeploymentStatus
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    status: dict[str, Any]  # camelCase JSON, ready for patch.status / a status file
+    events: tuple[Event, ...]
+    requeue_after: float  # seconds
+    decision: Decision
+
+
+def load_status(raw: Mapping[str, Any] | None) -> ModelDeploymentStatus:
+    """Status as stored; unreadable status restarts from empty rather than crash-looping."""
+    try:
+        return ModelDeploymentStatus.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        log.warning("status unreadable, starting from an empty status: %s", exc)
+        return ModelDeploymentStatus()
+
+
+def reconcile(
+    key: DeploymentKey,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any] | None,
+    now: datetime,
+    *,
+    runtime: Runtime,
+    router: TrafficRouter,
+    metrics: MetricsProvider,
+    generation: int | None = None,
+) -> ReconcileResult:
+    """Observe, decide, apply for one ModelDeployment. ``now`` must be timezone-aware."""
+    if now.tzinfo is None:
+        raise ValueError("reconcile needs a timezone-aware now, e.g. datetime.now(UTC)")
+    current = load_status(status)
+    try:
+        parsed = ModelDeploymentSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        decision = decide_invalid(current, _validation_message(exc), now, generation)
+        return _apply(key, decision, runtime, router, None, None)
+
+    wanted = wanted_revisions(parsed, current, now)
+    states = runtime.ensure_revisions(key, wanted)
+    queries = plan_queries(parsed, current, key, states, now)
+    observations = Observations(
+        revisions=states,
+        metrics=_run_queries(metrics, queries, now),
+    )
+    decision = decide(parsed, current, observations, now, generation)
+    return _apply(key, decision, runtime, router, states, set(wanted))
+
+
+def _run_queries(
+    metrics: MetricsProvider, queries: Mapping[str, str], now: datetime
+) -> dict[str, list[Sample] | ProviderError]:
+    if not queries:
+        return {}
+    if not metrics.is_online():
+        down = ProviderError("metrics provider is offline")
+        return dict.fromkeys(queries, down)
+    results: dict[str, list[Sample] | ProviderError] = {}
+    for name, promql in queries.items():
+        try:
+            results[name] = metrics.query(promql, now)
+        except ProviderError as exc:
+            results[name] = exc
+    return results
+
+
+def _apply(
+    key: DeploymentKey,
+    decision: Decision,
+    runtime: Runtime,
+    router: TrafficRouter,
+    states: Mapping[str, RevisionState] | None,
+    started: set[str] | None,
+) -> ReconcileResult:
+    status = decision.status
+    if decision.routing is not None and states is not None:
+        table = routing_table(key, decision, states)
+        if table is not None:
+            in_force = router.get_routes()
+            if _routes_differ(table, in_force):
+                generation = max(status.routing_generation, _generation(in_force)) + 1
+                table["generation"] = generation
+                router.set_routes(table)
+                status = status.model_copy(update={"routing_generation": generation})
+    if started is not None and decision.wanted is not None and set(decision.wanted) != started:
+        runtime.ensure_revisions(key, decision.wanted)
+    for event in decision.events:
+        runtime.record(key, event)
+    return ReconcileResult(
+        status=status.to_json(),
+        events=decision.events,
+        requeue_after=decision.requeue_after,
+        decision=decision,
+    )
+
+
+def routing_table(
+    key: DeploymentKey, decision: Decision, states: Mapping[str, RevisionState]
+) -> dict[str, Any] | None:
+    """The routing table for the decision (generation 0), or None if a backend has no URL."""
+    routing = decision.routing
+    if routing is None:
+        return None
+    backends: dict[str, dict[str, str]] = {}
+    weights: dict[str, int] = {}
+    for track, revision in routing.revisions.items():
+        state = states.get(revision)
+        weight = int(routing.weights.get(track, 0))
+        if state is None or not state.url:
+            if weight > 0:
+                return None  # cannot route to it; keep the table in force
+            continue
+        backends[track] = {"url": state.url, "version": routing.versions.get(track, "")}
+        weights[track] = weight
+    if "stable" not in backends:
+        return None
+    return {
+        "generation": 0,
+        "deployment": key.name,
+        "backends": backends,
+        "weights": weights,
+        "stickyHeader": routing.traffic.sticky_header,
+        "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
+    }
+
+
+def _routes_differ(table: Mapping[str, Any], in_force: Mapping[str, Any] | None) -> bool:
+    if in_force is None:
+        return True
+    strip = {"generation"}
+    return {k: v for k, v in table.items() if k not in strip} != {
+        k: v for k, v in in_force.items() if k not in strip
+    }
+
+
+def _generation(table: Mapping[str, Any] | None) -> int:
+    try:
+        return int((table or {}).get("generation", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,245 @@
+"""The ModelDeployment models: defaults, validation with clear messages, CEL mirrors, status."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from mlrollout.operator import model as m
+from pydantic import ValidationError
+
+MODEL = {"name": "fraud", "version": "v1", "uri": "https://models.example/v1.tar.gz"}
+
+
+def with_(**parts: Any) -> dict[str, Any]:
+    return {"model": MODEL, **parts}
+
+
+def test_minimal_spec_gets_sensible_defaults() -> None:
+    spec = m.ModelDeploymentSpec.model_validate({"model": MODEL})
+    assert spec.serving.effective_replicas == 1
+    assert [s.weight for s in spec.rollout.steps] == [10, 50]
+    assert spec.rollout.analysis.on_provider_error.action == "hold"
+    assert spec.rollout.analysis.metrics.error_rate.enabled
+    assert spec.rollout.analysis.metrics.input_drift is None
+    assert spec.traffic.router == "builtin" and spec.traffic.shadow_percent == 0
+
+
+# (spec, message fragment, CEL rule message mirrored by the same validator or None)
+BAD: list[tuple[dict[str, Any], str, str | None]] = [
+    (
+        with_(serving={"replicas": 2, "autoscaling": {}}),
+        "either replicas or autoscaling",
+        "set either replicas or autoscaling, not both",
+    ),
+    (
+        with_(serving={"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+        "minReplicas must be <=",
+        "minReplicas must be <= maxReplicas",
+    ),
+    (
+        with_(rollout={"steps": [{"weight": 50}, {"weight": 20}]}),
+        "non-decreasing",
+        "steps weights must be non-decreasing",
+    ),
+    (
+        with_(rollout={"steps": [{"weight": 0}]}),
+        "shadowPercent > 0",
+        "a step with weight 0 needs traffic.shadowPercent > 0",
+    ),
+    (
+        with_(traffic={"router": "gatewayAPI"}),
+        "gateway is required",
+        "gateway is required when router is gatewayAPI",
+    ),
+    (
+        with_(
+            traffic={
+                "router": "gatewayAPI",
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "shadowPercent": 5,
+            }
+        ),
+        "needs the builtin router",
+        "shadowPercent needs the builtin router",
+    ),
+    (
+        with_(rollout={"analysis": {"metrics": {"custom": [{"name": "x", "query": "up"}]}}}),
+        "set min, max or both",
+        "set min, max or both",
+    ),
+    (
+        with_(
+            rollout={
+                "analysis": {
+                    "metrics": {"custom": [{"name": "x", "query": "up", "min": 2, "max": 1}]}
+                }
+            }
+        ),
+        "min must be <= max",
+        "min must be <= max",
+    ),
+    (with_(rollout={"steps": [{"weight": 101}]}), "less than or equal to 100", None),
+    (with_(rollout={"steps": []}), "at least 1 item", None),
+    (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "pattern", None),
+    (with_(rollout={"analysis": {"interval": "30 seconds"}}), "pattern", None),
+    (with_(model={**MODEL, "sha256": "abc"}), "pattern", None),
+    (with_(serving={"replica": 2}), "Extra inputs are not permitted", None),
+    ({"model": {"name": "fraud"}}, "Field required", None),
+    (
+        with_(rollout={"analysis": {"onProviderError": {"action": "ignore"}}}),
+        "'hold' or 'rollback'",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "fragment", "_cel"), BAD)
+def test_bad_specs_are_rejected_with_a_clear_message(
+    raw: dict[str, Any], fragment: str, _cel: str | None
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        m.ModelDeploymentSpec.model_validate(raw)
+    assert fragment in str(info.value)
+
+
+def test_every_cel_rule_has_a_matching_python_validator_case() -> None:
+    cel_messages = {rule["message"] for rules in m.CEL_RULES.values() for rule in rules}
+    covered = {cel for _, _, cel in BAD if cel is not None}
+    assert cel_messages == covered
+
+
+def test_spec_is_frozen_and_accepts_python_names() -> None:
+    spec = m.ModelDeploymentSpec.model_validate(
+        {"model": MODEL, "traffic": {"sticky_header": "x-user-id"}}
+    )
+    assert spec.traffic.sticky_header == "x-user-id"
+    with pytest.raises(ValidationError):
+        spec.traffic.shadow_percent = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("1.5m", 90)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert m.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "m5", "5 m", "-1s", "1d"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        m.parse_duration(text)
+
+
+def test_revision_id_follows_the_model_spec_only() -> None:
+    base = m.ModelRef.model_validate(MODEL)
+    assert m.revision_id(base) == m.revision_id(m.ModelRef.model_validate(dict(MODEL)))
+    changed = [
+        {**MODEL, "version": "v2"},
+        {**MODEL, "uri": "https://models.example/other.tar.gz"},
+        {**MODEL, "sha256": "a" * 64},
+    ]
+    ids = {m.revision_id(m.ModelRef.model_validate(c)) for c in changed}
+    assert len(ids) == 3 and m.revision_id(base) not in ids
+    assert len(m.revision_id(base)) == 10
+
+
+def test_status_round_trips_through_json() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rev = m.Revision.of(m.ModelRef.model_validate(MODEL), "canary")
+    status = m.ModelDeploymentStatus(
+        phase=m.Phase.PROGRESSING,
+        canary=rev,
+        stable=rev.model_copy(update={"id": "x", "track": "stable"}),
+        step_started_at=now,
+        analysis=m.AnalysisStatus(
+            last_run_at=now,
+            verdicts=[
+                m.Verdict(check="errorRate", outcome="fail", value=0.1, threshold=0.05, samples=9)
+            ],
+        ),
+        history=[m.HistoryEntry(revision="x", version="v0", outcome="promoted", at=now)],
+    )
+    stored = status.to_json()
+    assert stored["stepStartedAt"] == "2026-01-01T00:00:00Z"
+    assert m.ModelDeploymentStatus.model_validate(stored) == status
+
+
+def test_status_from_another_operator_version_still_loads() -> None:
+    loaded = m.ModelDeploymentStatus.model_validate({"phase": "Healthy", "futureField": {"a": 1}})
+    assert loaded.phase is m.Phase.HEALTHY
+
+
+def test_non_finite_verdict_numbers_are_not_stored() -> None:
+    v = m.Verdict(check="custom", outcome="fail", value=float("inf"), threshold=float("nan"))
+    assert (
+        "value"
+        not in m.ModelDeploymentStatus(analysis=m.AnalysisStatus(verdicts=[v])).to_json()[
+            "analysis"
+        ]["verdicts"][0]
+    )
+
+
+# --------------------------------------------------------------------------- CEL
+
+
+def _cel_failures(raw: dict[str, Any]) -> set[str]:
+    """Messages of the CRD's CEL rules that fail on ``raw`` after API-server defaulting."""
+    celpy = pytest.importorskip("celpy", reason="cel-python (test extra) evaluates CEL rules")
+    from celpy import celtypes
+    from mlrollout.operator import crd
+
+    def is_sorted(values: Any) -> Any:  # Kubernetes' list library
+        items = list(values)
+        return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(items)))
+
+    env = celpy.Environment()
+    schema = crd.schema_of(m.ModelDeploymentSpec)
+    obj = crd.apply_defaults(schema, copy.deepcopy(raw))
+    failures: set[str] = set()
+
+    def visit(node: dict[str, Any], value: Any) -> None:
+        for rule in node.get("x-kubernetes-validations", []):
+            program = env.program(env.compile(rule["rule"]), functions={"isSorted": is_sorted})
+            if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+                failures.add(rule["message"])
+        if isinstance(value, dict):
+            for name, sub in node.get("properties", {}).items():
+                if name in value:
+                    visit(sub, value[name])
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                visit(node["items"], item)
+
+    visit(schema, obj)
+    return failures
+
+
+@pytest.mark.parametrize(("raw", "cel"), [(raw, cel) for raw, _, cel in BAD if cel is not None])
+def test_cel_rule_rejects_what_the_validator_rejects(raw: dict[str, Any], cel: str) -> None:
+    assert cel in _cel_failures(raw)
+
+
+GOOD = [
+    with_(),
+    with_(serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 2}}),
+    with_(
+        rollout={"steps": [{"weight": 0}, {"weight": 0}, {"weight": 100}]},
+        traffic={"shadowPercent": 10},
+    ),
+    with_(traffic={"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}}),
+    with_(
+        rollout={
+            "analysis": {"metrics": {"custom": [{"name": "x", "query": "up", "min": 1, "max": 1}]}}
+        }
+    ),
+]
+
+
+@pytest.mark.parametrize("raw", GOOD)
+def test_cel_rules_accept_what_the_validators_accept(raw: dict[str, Any]) -> None:
+    m.ModelDeploymentSpec.model_validate(raw)
+    assert _cel_failures(raw) == set()
