@@ -1,0 +1,222 @@
+"""Model-server Prometheus metrics (names and labels: docs/architecture.md, docs/metrics.md).
+
+The hot path only bumps plain integers and one numpy vector under a lock; the series are
+built at scrape time by a custom collector. Each server owns its registry, so two servers
+in one process (tests) or on one host never mix their numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+ENDPOINTS: tuple[str, ...] = ("predict", "infer", "feedback")
+OUTCOMES: tuple[str, ...] = ("ok", "client_error", "server_error")
+FEEDBACK_OUTCOMES: tuple[str, ...] = ("correct", "incorrect", "unmatched")
+LABEL_NAMES: tuple[str, ...] = ("deployment", "model", "version", "track")
+
+
+@dataclass(frozen=True)
+class ServerLabels:
+    """The labels every model-server series carries (``L`` in docs/architecture.md)."""
+
+    deployment: str
+    model: str
+    version: str
+    track: str
+
+    def values(self) -> list[str]:
+        return [self.deployment, self.model, self.version, self.track]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(zip(LABEL_NAMES, self.values(), strict=True))
+
+
+class ServerMetrics:
+    """Counters for one model server; ``render()`` gives the exposition text."""
+
+    def __init__(
+        self,
+        labels: ServerLabels,
+        *,
+        reasons: Sequence[str],
+        classes: Sequence[str] = (),
+        sha256: str = "",
+    ) -> None:
+        self.labels = labels
+        self.sha256 = sha256
+        self._reasons = tuple(reasons)
+        self._reason_index = {r: i for i, r in enumerate(self._reasons)}
+        self._classes = tuple(str(c) for c in classes)
+        self._endpoint_index = {e: i for i, e in enumerate(ENDPOINTS)}
+        self._outcome_index = {o: i for i, o in enumerate(OUTCOMES)}
+        self._lock = threading.Lock()
+        n_e = len(ENDPOINTS)
+        self._requests = [[0] * len(OUTCOMES) for _ in range(n_e)]
+        # Per-bucket (not cumulative) counts; the extra slot is +Inf.
+        self._buckets = [[0] * (len(LATENCY_BUCKETS) + 1) for _ in range(n_e)]
+        self._duration_sum = [0.0] * n_e
+        self._rows = 0
+        self._violations = [0] * len(self._reasons)
+        self._predictions = np.zeros(len(self._classes), dtype=np.int64)
+        self._feedback = [0] * len(FEEDBACK_OUTCOMES)
+        self._ready = False
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_ServerCollector(self))
+
+    def observe_request(self, endpoint: str, outcome: str, seconds: float, rows: int = 0) -> None:
+        e = self._endpoint_index[endpoint]
+        o = self._outcome_index[outcome]
+        b = bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:
+            self._requests[e][o] += 1
+            self._buckets[e][b] += 1
+            self._duration_sum[e] += seconds
+            self._rows += rows
+
+    def count_violation(self, reason: str) -> None:
+        i = self._reason_index[reason]
+        with self._lock:
+            self._violations[i] += 1
+
+    def count_predictions(self, class_indices: np.ndarray) -> None:
+        """Add a batch of predicted class indices (one numpy call, not one per row)."""
+        if not self._classes:
+            return
+        counts = np.bincount(class_indices, minlength=len(self._classes))
+        with self._lock:
+            self._predictions += counts[: len(self._classes)]
+
+    def count_feedback(self, correct: int, incorrect: int, unmatched: int) -> None:
+        with self._lock:
+            self._feedback[0] += correct
+            self._feedback[1] += incorrect
+            self._feedback[2] += unmatched
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def register(self, collector: Collector) -> None:
+        """Add another collector (the drift collector) to this server's registry."""
+        self.registry.register(collector)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def snapshot(self) -> dict[str, object]:
+        """A consistent copy of the raw counts (for tests and debugging)."""
+        with self._lock:
+            return {
+                "requests": {
+                    (e, o): self._requests[i][j]
+                    for i, e in enumerate(ENDPOINTS)
+                    for j, o in enumerate(OUTCOMES)
+                },
+                "rows": self._rows,
+                "violations": dict(zip(self._reasons, self._violations, strict=True)),
+                "predictions": dict(zip(self._classes, self._predictions.tolist(), strict=True)),
+                "feedback": dict(zip(FEEDBACK_OUTCOMES, self._feedback, strict=True)),
+            }
+
+
+class _ServerCollector(Collector):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        base = m.labels.values()
+        names = list(LABEL_NAMES)
+        with m._lock:
+            requests = [row[:] for row in m._requests]
+            buckets = [row[:] for row in m._buckets]
+            sums = m._duration_sum[:]
+            rows = m._rows
+            violations = m._violations[:]
+            predictions = m._predictions.tolist()
+            feedback = m._feedback[:]
+
+        req = CounterMetricFamily(
+            "mlrollout_model_requests",
+            "Model-server requests by endpoint and outcome.",
+            labels=[*names, "endpoint", "outcome"],
+        )
+        dur = HistogramMetricFamily(
+            "mlrollout_model_request_duration_seconds",
+            "Time spent handling a request inside the dataplane, in seconds.",
+            labels=[*names, "endpoint"],
+        )
+        for i, endpoint in enumerate(ENDPOINTS):
+            for j, outcome in enumerate(OUTCOMES):
+                req.add_metric([*base, endpoint, outcome], requests[i][j])
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets[i], strict=True):
+                running += count
+                cumulative.append((_le(bound), running))
+            dur.add_metric([*base, endpoint], cumulative, sum_value=sums[i])
+        yield req
+        yield dur
+
+        rows_family = CounterMetricFamily("mlrollout_model_rows", "Rows predicted.", labels=names)
+        rows_family.add_metric(base, rows)
+        yield rows_family
+
+        viol = CounterMetricFamily(
+            "mlrollout_model_input_violations",
+            "Rejected requests by validation rule.",
+            labels=[*names, "reason"],
+        )
+        for reason, count in zip(m._reasons, violations, strict=True):
+            viol.add_metric([*base, reason], count)
+        yield viol
+
+        if m._classes:
+            pred = CounterMetricFamily(
+                "mlrollout_model_predictions",
+                "Predicted class counts.",
+                labels=[*names, "class"],
+            )
+            for cls, count in zip(m._classes, predictions, strict=True):
+                pred.add_metric([*base, cls], count)
+            yield pred
+
+        ready = GaugeMetricFamily(
+            "mlrollout_model_ready", "1 once the model is loaded and warmed up.", labels=names
+        )
+        ready.add_metric(base, 1.0 if m._ready else 0.0)
+        yield ready
+
+        info = GaugeMetricFamily(
+            "mlrollout_model_info", "The served model; always 1.", labels=[*names, "sha256"]
+        )
+        info.add_metric([*base, m.sha256], 1.0)
+        yield info
+
+        fb = CounterMetricFamily(
+            "mlrollout_feedback",
+            "Delayed ground truth matched against earlier predictions.",
+            labels=[*names, "outcome"],
+        )
+        for outcome, count in zip(FEEDBACK_OUTCOMES, feedback, strict=True):
+            fb.add_metric([*base, outcome], count)
+        yield fb
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -1,0 +1,406 @@
+"""The HTTP-free core of the model server, shared by /predict, /feedback and the OIP v2 handlers.
+
+Every method takes bytes and returns a ``Reply`` (status, JSON payload, headers); none of
+them raises. Bad input is a 4xx naming the field and the rule, counted by reason;
+anything unexpected is logged and answered with a 500 counted as ``server_error``.
+
+Fault injection (a testing aid for demos of rollbacks on errors, off by default): with
+``MLROLLOUT_FAULT_ERROR_RATE=0.3`` (or ``fault_error_rate=0.3``) that share of valid
+/predict and infer requests are answered 500 instead of being predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mlrollout.services.drift import DriftCollector, DriftMonitor
+from mlrollout.services.metrics import ServerLabels, ServerMetrics
+from mlrollout.services.model import oip
+from mlrollout.services.model.artifact import Artifact, ArtifactError, load_artifact
+from mlrollout.services.model.runtime import OnnxModel, Prediction
+from mlrollout.services.model.validation import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    Batch,
+    InputError,
+    Reason,
+    Validator,
+    decode_json,
+    encode_json,
+)
+from mlrollout.services.profile import ProfileError, load_profile
+
+log = logging.getLogger("mlrollout.dataplane")
+
+FAULT_ENV = "MLROLLOUT_FAULT_ERROR_RATE"
+REQUEST_ID_HEADER = "x-request-id"
+VERSION_HEADER = "x-mlrollout-version"
+DEFAULT_FEEDBACK_CAPACITY = 100_000
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return encode_json(self.payload)
+
+
+def fault_rate_from_env(environ: dict[str, str] | None = None) -> float:
+    raw = (environ if environ is not None else os.environ).get(FAULT_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}={raw!r}: must be a number between 0 and 1") from None
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{FAULT_ENV}={raw!r}: must be between 0 and 1")
+    return rate
+
+
+class Dataplane:
+    """One loaded model version: validation, onnxruntime, metrics, drift and feedback.
+
+    Thread-safe: the HTTP adapter may call it from the event loop and from worker threads.
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        deployment: str,
+        track: str,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        fault_error_rate: float = 0.0,
+        feedback_capacity: int = DEFAULT_FEEDBACK_CAPACITY,
+        drift_window: int = 1000,
+        drift_arl_windows: float = 500.0,
+        clock: Callable[[], float] = time.perf_counter,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= fault_error_rate <= 1.0:
+            raise ValueError(f"fault_error_rate must be between 0 and 1, got {fault_error_rate}")
+        self.artifact = artifact
+        self.name, self.version = artifact.name, artifact.version
+        try:
+            self.validator = Validator.from_card(
+                artifact.card, max_rows=max_rows, max_body_bytes=max_body_bytes
+            )
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{artifact.path}/model.json: malformed inputs ({exc!r})") from exc
+        self.model = OnnxModel(artifact.model_path, artifact.card)
+        try:
+            profile = load_profile(artifact.profile)
+        except ProfileError as exc:
+            raise ArtifactError(f"{artifact.path}/profile.json: {exc}") from exc
+        _check_profile_matches(profile.numeric_names, profile.categorical_names, self.validator)
+        self.labels = ServerLabels(deployment, self.name, self.version, track)
+        self.metrics = ServerMetrics(
+            self.labels,
+            reasons=[r.value for r in Reason],
+            classes=[str(c) for c in self.model.classes],
+            sha256=artifact.sha256,
+        )
+        self.drift = DriftMonitor(profile, window=drift_window, arl_windows=drift_arl_windows)
+        self.metrics.register(DriftCollector(self.drift, self.labels.as_dict()))
+        self._fault_rate = fault_error_rate
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._has_categorical = bool(profile.categorical_names)
+        self._feedback_capacity = feedback_capacity
+        self._recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._ready = False
+        self._base_headers = {VERSION_HEADER: self.version}
+
+    @classmethod
+    def from_artifact(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        deployment: str,
+        track: str,
+        sha256: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Dataplane:
+        """Load (and download) the artifact, build the dataplane and warm it up."""
+        options.setdefault("fault_error_rate", fault_rate_from_env())
+        dataplane = cls(
+            load_artifact(source, sha256=sha256, cache_dir=cache_dir),
+            deployment=deployment,
+            track=track,
+            **options,
+        )
+        dataplane.warm_up()
+        return dataplane
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def warm_up(self) -> None:
+        self.model.warm_up()
+        self._ready = True
+        self.metrics.set_ready(True)
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    # ------------------------------------------------------------------ /predict
+
+    def predict(self, body: bytes, request_id: str | None = None) -> Reply:
+        start = self._clock()
+        rid = _request_id(request_id)
+        headers = {**self._base_headers, REQUEST_ID_HEADER: rid}
+        rows = 0
+        try:
+            batch = self.validator.parse(body)
+            if self._inject_fault():
+                reply = Reply(500, _fault_payload(rid), headers)
+            else:
+                pred = self._predict(batch)
+                rows = batch.n_rows
+                self._remember(rid, pred.labels)
+                payload: dict[str, Any] = {
+                    "request_id": rid,
+                    "model": self.name,
+                    "version": self.version,
+                    "predictions": pred.labels,
+                }
+                if pred.probabilities is not None:
+                    payload["classes"] = self.model.classes
+                    payload["probabilities"] = _round(pred.probabilities)
+                reply = Reply(200, payload, headers)
+        except InputError as exc:
+            reply = self._reject(exc, headers, rid)
+        except Exception:
+            reply = self._crash("predict", headers, rid)
+        self._observe("predict", reply.status, start, rows)
+        return reply
+
+    # ------------------------------------------------------------------ OIP v2
+
+    def infer_v2(self, model_name: str, body: bytes, *, header_length: int | None = None) -> Reply:
+        """``POST /v2/models/{name}/infer``. ``header_length`` is the value of the
+        ``Inference-Header-Content-Length`` header when the binary tensor extension is used."""
+        start = self._clock()
+        headers = dict(self._base_headers)
+        rows = 0
+        request_id: Any = None
+        try:
+            if model_name != self.name:
+                raise InputError(
+                    Reason.UNKNOWN_MODEL,
+                    None,
+                    f"model {model_name!r} is not served here (this is {self.name!r})",
+                )
+            if len(body) > self.validator.max_body_bytes:
+                raise InputError(
+                    Reason.BODY_TOO_LARGE,
+                    None,
+                    f"body is {len(body)} bytes; the limit is {self.validator.max_body_bytes}",
+                )
+            request = oip.parse_request(body, header_length)
+            request_id = request.id
+            batch = oip.to_batch(request, self.validator)
+            wanted = oip.requested_outputs(request, self.model.task)
+            if self._inject_fault():
+                reply = Reply(500, _fault_payload(request_id), headers)
+            else:
+                pred = self._predict(batch)
+                rows = batch.n_rows
+                outputs = oip.outputs(pred, wanted, self.model.classes)
+                payload = {
+                    "model_name": self.name,
+                    "model_version": self.version,
+                    "outputs": outputs,
+                }
+                if request_id is not None:
+                    payload["id"] = request_id
+                reply = Reply(200, payload, headers)
+        except InputError as exc:
+            reply = self._reject(exc, headers, request_id)
+        except Exception:
+            reply = self._crash("infer", headers, request_id)
+        self._observe("infer", reply.status, start, rows)
+        return reply
+
+    def model_metadata_v2(self) -> dict[str, Any]:
+        return oip.metadata(self.name, self.version, self.model)
+
+    # ------------------------------------------------------------------ /feedback
+
+    def feedback(self, body: bytes) -> Reply:
+        """Delayed ground truth: ``{"request_id": ..., "label": y}`` (or ``"labels": [...]``
+        for a batch request), or a list of those. Each prediction is judged once; ids that
+        were never seen, were evicted, or were already judged count as ``unmatched``."""
+        start = self._clock()
+        headers = dict(self._base_headers)
+        try:
+            if len(body) > self.validator.max_body_bytes:
+                raise InputError(Reason.BODY_TOO_LARGE, None, "feedback body is too large")
+            items = _feedback_items(decode_json(body), self.validator.max_rows)
+            correct = incorrect = unmatched = 0
+            with self._recent_lock:
+                for rid, truth in items:
+                    predicted = self._recent.pop(rid, None)
+                    if predicted is None or len(predicted) != len(truth):
+                        unmatched += len(truth)
+                        continue
+                    hits = sum(p == t for p, t in zip(predicted, truth, strict=True))
+                    correct += hits
+                    incorrect += len(truth) - hits
+            self.metrics.count_feedback(correct, incorrect, unmatched)
+            payload = {"correct": correct, "incorrect": incorrect, "unmatched": unmatched}
+            reply = Reply(200, payload, headers)
+        except InputError as exc:
+            reply = self._reject(exc, headers, None)
+        except Exception:
+            reply = self._crash("feedback", headers, None)
+        self._observe("feedback", reply.status, start, 0)
+        return reply
+
+    # ------------------------------------------------------------------ internals
+
+    def _predict(self, batch: Batch) -> Prediction:
+        pred = self.model.predict(batch)
+        if pred.indices is not None:
+            self.metrics.count_predictions(pred.indices)
+            observed: np.ndarray = pred.indices
+        else:
+            observed = np.asarray(pred.labels, dtype=np.float64)
+        categorical = batch.categorical.tolist() if self._has_categorical else None
+        self.drift.observe(batch.numeric, categorical, observed)
+        return pred
+
+    def _inject_fault(self) -> bool:
+        return self._fault_rate > 0.0 and self._rng.random() < self._fault_rate
+
+    def _remember(self, rid: str, labels: Sequence[Any]) -> None:
+        if self.model.task != "classification" or self._feedback_capacity <= 0:
+            return
+        key = tuple(_label_key(v) for v in labels)
+        with self._recent_lock:
+            self._recent[rid] = key
+            self._recent.move_to_end(rid)
+            while len(self._recent) > self._feedback_capacity:
+                self._recent.popitem(last=False)
+
+    def _reject(self, exc: InputError, headers: dict[str, str], rid: Any) -> Reply:
+        self.metrics.count_violation(exc.reason.value)
+        payload = exc.payload()
+        if rid is not None:
+            payload["request_id"] = rid
+        return Reply(exc.status, payload, headers)
+
+    def _crash(self, endpoint: str, headers: dict[str, str], rid: Any) -> Reply:
+        log.exception("unexpected error in %s (request id %s)", endpoint, rid)
+        payload: dict[str, Any] = {
+            "error": "internal error; see the server log",
+            "reason": "server_error",
+        }
+        if rid is not None:
+            payload["request_id"] = rid
+        return Reply(500, payload, headers)
+
+    def _observe(self, endpoint: str, status: int, start: float, rows: int) -> None:
+        outcome = "ok" if status < 400 else "client_error" if status < 500 else "server_error"
+        self.metrics.observe_request(endpoint, outcome, self._clock() - start, rows)
+
+
+def _check_profile_matches(
+    numeric: Sequence[str], categorical: Sequence[str], v: Validator
+) -> None:
+    card_num = tuple(f.name for f in v.features if f.kind == "numeric")
+    card_cat = tuple(f.name for f in v.features if f.kind == "categorical")
+    if tuple(numeric) != card_num or tuple(categorical) != card_cat:
+        raise ArtifactError(
+            "profile.json and model.json disagree on the features "
+            f"(profile: {list(numeric) + list(categorical)}, card: {list(card_num + card_cat)})"
+        )
+
+
+def _request_id(incoming: str | None) -> str:
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return os.urandom(12).hex()
+
+
+def _fault_payload(rid: Any) -> dict[str, Any]:
+    return {"error": f"injected fault ({FAULT_ENV})", "reason": "server_error", "request_id": rid}
+
+
+def _round(probabilities: np.ndarray) -> list[list[float]]:
+    # float32 -> 6 decimals: float32 noise like 0.8700000047683716 helps nobody.
+    return probabilities.astype(np.float64).round(6).tolist()
+
+
+def _label_key(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[str, ...]]]:
+    entries = data if isinstance(data, list) else [data]
+    if not entries:
+        raise InputError(Reason.EMPTY_BATCH, None, "no feedback entries")
+    if len(entries) > max_items:
+        raise InputError(
+            Reason.BATCH_TOO_LARGE,
+            None,
+            f"{len(entries)} feedback entries; the limit is {max_items}",
+        )
+    items = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InputError(Reason.BAD_STRUCTURE, None, f"feedback entry {i} must be an object")
+        rid = entry.get("request_id")
+        if not isinstance(rid, str) or not rid:
+            raise InputError(
+                Reason.MISSING_FEATURE,
+                "request_id",
+                f"feedback entry {i}: request_id must be a non-empty string",
+            )
+        extra = set(entry) - {"request_id", "label", "labels"}
+        if extra:
+            name = sorted(extra)[0]
+            raise InputError(
+                Reason.UNKNOWN_FEATURE, name, f"feedback entry {i}: unknown field {name!r}"
+            )
+        if ("label" in entry) == ("labels" in entry):
+            raise InputError(
+                Reason.MISSING_FEATURE,
+                "label",
+                f"feedback entry {i}: give exactly one of label or labels",
+            )
+        truth = [entry["label"]] if "label" in entry else entry["labels"]
+        if not isinstance(truth, list) or not truth:
+            raise InputError(
+                Reason.WRONG_TYPE, "labels", f"feedback entry {i}: labels must be a non-empty list"
+            )
+        for value in truth:
+            if value is None or isinstance(value, dict | list | bool):
+                raise InputError(
+                    Reason.WRONG_TYPE,
+                    "label",
+                    f"feedback entry {i}: a label must be a string or number",
+                )
+        items.append((rid, tuple(_label_key(v) for v in truth)))
+    return items
