@@ -1,0 +1,161 @@
+"""``mlrollout serve ARTIFACT``: check the artifact, then run the BentoML service.
+
+Everything that can be refused is refused here, before BentoML starts, with one
+line on stderr and a non-zero exit: a bad setting, a busy port, an artifact that
+cannot be downloaded, does not match its digest or does not load. Workers then
+receive a local, verified artifact directory through the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from .settings import TRACKS, Settings, SettingsError
+
+HOME_PREFIX = "mlrollout-serve-"
+EXIT_USAGE = 2
+EXIT_ARTIFACT = 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("artifact", help="artifact directory, .tar.gz, or http(s):// URL")
+    add("--host", default="127.0.0.1", help="IP address to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=3000, help="port to listen on (default 3000)")
+    add(
+        "--deployment",
+        default=os.environ.get("MLROLLOUT_DEPLOYMENT", "default"),
+        help="the deployment label on every metric series (env MLROLLOUT_DEPLOYMENT)",
+    )
+    add(
+        "--track",
+        choices=TRACKS,
+        default=os.environ.get("MLROLLOUT_TRACK", "stable"),
+        help="the track label on every metric series (env MLROLLOUT_TRACK)",
+    )
+    add(
+        "--sha256",
+        default=None,
+        help="expected sha256 of the .tar.gz (file or URL), or of model.onnx for a directory",
+    )
+    add("--workers", type=int, default=1, help="worker processes: 1 (scale with replicas)")
+    add(
+        "--max-body-bytes",
+        type=int,
+        default=Settings.max_body_bytes,
+        help=f"request body limit in bytes (default {Settings.max_body_bytes})",
+    )
+    add("--tracing", action="store_true", help="let OpenTelemetry trace the model routes too")
+    add("--access-log", action="store_true", help="log every request (BentoML access log)")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"mlrollout serve: error: {message}", file=sys.stderr)
+    return code
+
+
+def check_listen(host: str, port: int) -> str | None:
+    """Return why ``host:port`` cannot be listened on, or None if it can."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return f"--host must be an IP address (BentoML binds addresses only), got {host!r}"
+    if not 0 < port < 65536:
+        return f"--port must be in 1..65535, got {port}"
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def prepare_artifact(location: str, sha256: str | None) -> str:
+    """Download/extract/verify the artifact and prove it loads; return its local directory."""
+    from mlrollout.services.model.dataplane import Dataplane
+
+    # A trial load here turns a corrupt model into a clear refusal instead of a
+    # worker that never becomes ready; workers then load the verified local copy.
+    plane = Dataplane.from_artifact(location, sha256=sha256, deployment="preflight", track="stable")
+    return str(plane.artifact.path)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings(
+            artifact=args.artifact,
+            deployment=args.deployment,
+            track=args.track,
+            workers=args.workers,
+            max_body_bytes=args.max_body_bytes,
+            tracing=args.tracing,
+            access_log=args.access_log,
+        )
+    except SettingsError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    if problem := check_listen(args.host, args.port):
+        return _fail(EXIT_USAGE, problem)
+    try:
+        local = prepare_artifact(args.artifact, args.sha256)
+    except Exception as exc:  # every artifact problem ends as one readable line
+        return _fail(EXIT_ARTIFACT, f"artifact {args.artifact!r} refused: {exc}")
+    settings = dataclasses.replace(settings, artifact=local, sha256="")
+
+    # Each instance gets its own BentoML home: BentoML keeps its Prometheus
+    # multiprocess directory there and wipes it on start, so a shared home would let
+    # two servers on one host clobber and mix each other's metrics.
+    _remove_stale_homes()
+    home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
+    os.environ.update(settings.to_env())
+    os.environ["BENTOML_HOME"] = home
+    os.environ["BENTOML_DO_NOT_TRACK"] = "True"  # no usage analytics traffic
+    try:
+        return _serve(args.host, args.port)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _remove_stale_homes() -> None:
+    """Remove homes left by servers that were killed (SIGKILL skips our cleanup)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{HOME_PREFIX}*-*"):
+        pid = path.name[len(HOME_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _serve(host: str, port: int) -> int:
+    # Imported only now: BentoML reads BENTOML_HOME when it is first used.
+    from _bentoml_impl.server import serve_http
+
+    from . import service
+
+    svc = service.service
+    svc.inject_config()
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_http(svc, host=host, port=port)
+    return 0

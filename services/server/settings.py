@@ -1,0 +1,85 @@
+"""Per-instance server settings, carried from ``mlrollout serve`` to BentoML workers by env.
+
+Pure: no BentoML import, so the CLI can validate settings before starting anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .app import DEFAULT_MAX_BODY_BYTES
+
+TRACKS = ("stable", "canary")
+# OpenTelemetry's exclude list is matched with re.search against the full URL.
+HOT_ROUTES = ("/predict", "/feedback", "/metrics", "/v2/", "/livez", "/readyz", "/healthz")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    artifact: str = ""
+    sha256: str = ""
+    deployment: str = "default"
+    track: str = "stable"
+    workers: int = 1
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    tracing: bool = False
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.track not in TRACKS:
+            raise SettingsError(f"track must be one of {', '.join(TRACKS)}, got {self.track!r}")
+        if self.workers != 1:
+            # Each worker keeps its own counters, so a scrape would see whichever worker
+            # answered and Prometheus would read the jumps as counter resets.
+            raise SettingsError(
+                f"workers must be 1 (got {self.workers}): metrics are kept per process; "
+                "scale with more replicas instead"
+            )
+        if self.max_body_bytes < 1024:
+            raise SettingsError(
+                f"max body size must be at least 1024 bytes, got {self.max_body_bytes}"
+            )
+        if not self.deployment or len(self.deployment) > 63:
+            raise SettingsError("deployment must be a name of 1 to 63 characters")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            artifact=env.get("MLROLLOUT_ARTIFACT", ""),
+            sha256=env.get("MLROLLOUT_SHA256", ""),
+            deployment=env.get("MLROLLOUT_DEPLOYMENT", "default"),
+            track=env.get("MLROLLOUT_TRACK", "stable"),
+            workers=_int(env, "MLROLLOUT_WORKERS", 1),
+            max_body_bytes=_int(env, "MLROLLOUT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            tracing=env.get("MLROLLOUT_TRACING", "0") not in ("", "0", "false"),
+            access_log=env.get("MLROLLOUT_ACCESS_LOG", "0") not in ("", "0", "false"),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "MLROLLOUT_ARTIFACT": self.artifact,
+            "MLROLLOUT_SHA256": self.sha256,
+            "MLROLLOUT_DEPLOYMENT": self.deployment,
+            "MLROLLOUT_TRACK": self.track,
+            "MLROLLOUT_WORKERS": str(self.workers),
+            "MLROLLOUT_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "MLROLLOUT_TRACING": "1" if self.tracing else "0",
+            "MLROLLOUT_ACCESS_LOG": "1" if self.access_log else "0",
+        }
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
