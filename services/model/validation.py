@@ -80,12 +80,14 @@ class Reason(StrEnum):
     WRONG_TYPE = "wrong_type"
     MISSING_VALUE = "missing_value"
     UNKNOWN_MODEL = "unknown_model"
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
 
 
 _STATUS = {
     Reason.BODY_TOO_LARGE: 413,
     Reason.BATCH_TOO_LARGE: 413,
     Reason.UNKNOWN_MODEL: 404,
+    Reason.UNSUPPORTED_CONTENT_TYPE: 415,
     Reason.MALFORMED_JSON: 400,
     Reason.BAD_STRUCTURE: 400,
 }

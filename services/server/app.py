@@ -130,7 +130,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     ):
         raise BodyError(
             415,
-            "bad_structure",
+            "unsupported_content_type",
             f"content-type must be application/json, got {ctype.decode('latin-1')!r}",
         )
     declared = _header(scope, b"content-length")

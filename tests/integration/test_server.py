@@ -222,7 +222,7 @@ BAD_INPUT = [
     ("/predict", b'{"instances": []}', {}, None, "empty_batch"),
     ("/predict", b'{"records": [{"f00": 1.0}]}', {}, None, "missing_feature"),
     ("/predict", b"x" * (2 << 20), {}, 413, "body_too_large"),
-    ("/predict", b"{}", {"content-type": "text/plain"}, 415, "bad_structure"),
+    ("/predict", b"{}", {"content-type": "text/plain"}, 415, "unsupported_content_type"),
     ("/v2/models/fraud/infer", b"[1, 2", {}, 400, "malformed_json"),
     ("/v2/models/nope/infer", b"{}", {}, 404, "unknown_model"),
 ]

@@ -128,7 +128,7 @@ def test_errors_raised_by_the_adapter_carry_a_safe_request_id(app: ModelApp) -> 
     [
         ("POST", "/predict", b"x" * (LIMIT + 1), {}, 413, "body_too_large"),
         ("POST", "/predict", b"{}", {"content-length": str(LIMIT * 10)}, 413, "body_too_large"),
-        ("POST", "/predict", b"{}", {"content-type": "text/csv"}, 415, "bad_structure"),
+        ("POST", "/predict", b"{}", {"content-type": "text/csv"}, 415, "unsupported_content_type"),
         ("POST", "/predict", b"{}", {"content-length": "ten"}, 400, "bad_structure"),
         (
             "POST",
