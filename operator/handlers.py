@@ -1,0 +1,204 @@
+"""Bodies of the kopf handlers: one reconcile per call, serialised per object.
+
+``main.py`` only registers these. Every entry point (create, spec update, resume, timer)
+runs :func:`reconcile_object`, which builds the Kubernetes plug-ins for this object, calls
+``reconcile.reconcile`` and puts the new status into kopf's ``patch.status``.
+
+Why the extra state here:
+
+- kopf runs timers concurrently with change handlers, so a per-object lock serialises
+  the reconciles of one object;
+- kopf applies ``patch.status`` after the handler returns, so the next run may still see
+  the old status in its body. The status we last decided is kept in memory and used
+  instead until the stored status catches up (it is only a cache: after a restart the
+  stored status is the truth, which is why everything needed to resume lives there);
+- timers fire at a fixed short interval (``MLROLLOUT_TICK_SECONDS``); the engine says
+  when calling again is useful (``requeue_after``), so ticks before that do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from mlrollout.operator import builders as b
+from mlrollout.operator import opmetrics
+from mlrollout.operator.interfaces import (
+    DeploymentKey,
+    Event,
+    MetricsProvider,
+    Runtime,
+    TrafficRouter,
+)
+from mlrollout.operator.model import Traffic
+from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.operator.settings import OperatorSettings
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], None]
+
+
+class Plugins(Protocol):
+    """Builds the per-object plug-ins (Kubernetes ones in production, fakes in tests)."""
+
+    def runtime(self, owner: b.Owner, traffic: Traffic, emit: Emit) -> Runtime: ...
+
+    def router(self, owner: b.Owner, traffic: Traffic) -> TrafficRouter: ...
+
+
+@dataclass
+class _Memory:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status: dict[str, Any] | None = None  # last decided; may be ahead of the stored one
+    due: float = 0.0  # monotonic time before which a timer tick has nothing to do
+
+
+@dataclass
+class Deps:
+    settings: OperatorSettings
+    plugins: Plugins
+    metrics: MetricsProvider
+    reconcile: Callable[..., ReconcileResult] = reconcile
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    monotonic: Callable[[], float] = time.monotonic
+    memory: dict[str, _Memory] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def of(self, uid: str) -> _Memory:
+        with self._guard:
+            return self.memory.setdefault(uid, _Memory())
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self.memory.pop(uid, None)
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge-patch turning ``old`` into ``new``.
+
+    Keys absent from ``new`` become ``None`` (deleted): a plain update would leave e.g. a
+    finished canary in status forever. Lists are replaced whole, as merge-patch does.
+    """
+    old = old or {}
+    out: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = status_patch(before, value)
+            if sub:
+                out[key] = sub
+        elif before != value or key not in old:
+            out[key] = value
+    return out
+
+
+def _traffic(spec: Mapping[str, Any]) -> Traffic:
+    # An invalid spec never reaches the router (reconcile stops at InvalidSpec), so the
+    # default is only a placeholder there.
+    try:
+        return Traffic.model_validate(dict(spec.get("traffic") or {}))
+    except ValidationError:
+        return Traffic()
+
+
+def reconcile_object(
+    deps: Deps,
+    *,
+    body: Mapping[str, Any],
+    patch: Any,
+    emit: Emit,
+    reason: str,
+    force: bool = True,
+) -> float | None:
+    """Reconcile one ModelDeployment and stage its new status in ``patch.status``.
+
+    Returns the engine's ``requeue_after`` (seconds), or None when a timer tick was
+    skipped because nothing is due yet or another reconcile of the object is running.
+    Raises what the plug-ins raise (kopf retries change handlers; timers tick again).
+    """
+    meta = body.get("metadata", {})
+    uid, name, namespace = meta["uid"], meta["name"], meta["namespace"]
+    memory = deps.of(uid)
+    if not force and deps.monotonic() < memory.due:
+        return None
+    if not memory.lock.acquire(blocking=force):
+        return None  # a change handler is reconciling this object right now
+    try:
+        spec = dict(body.get("spec") or {})
+        stored = dict(body.get("status") or {})
+        current = memory.status if memory.status is not None else stored
+        owner = b.Owner(name=name, namespace=namespace, uid=uid)
+        traffic = _traffic(spec)
+        try:
+            result = deps.reconcile(
+                DeploymentKey(namespace, name),
+                spec,
+                current,
+                deps.clock(),
+                runtime=deps.plugins.runtime(owner, traffic, emit),
+                router=deps.plugins.router(owner, traffic),
+                metrics=deps.metrics,
+                generation=meta.get("generation"),
+            )
+        except Exception:
+            opmetrics.analysis_error(namespace, name)
+            memory.due = 0.0
+            raise
+        changes = status_patch(stored, result.status)
+        for key, value in changes.items():
+            patch.status[key] = value
+        memory.status = dict(result.status)
+        memory.due = deps.monotonic() + result.requeue_after
+        _announce(current, result, emit)
+        _measure(namespace, name, current, result)
+        log.debug("%s/%s reconciled (%s): %d status fields", namespace, name, reason, len(changes))
+        return result.requeue_after
+    finally:
+        memory.lock.release()
+
+
+def _announce(old: Mapping[str, Any], result: ReconcileResult, emit: Emit) -> None:
+    """Every phase change gets an Event, even one the engine did not explain."""
+    before, after = old.get("phase"), result.status.get("phase")
+    if before != after and not result.events:
+        message = f"phase {before or 'none'} -> {after}"
+        if after in ("RolledBack", "Degraded", "InvalidSpec"):
+            emit(Event(type="Warning", reason=str(after), message=message))
+        else:
+            emit(Event(type="Normal", reason=str(after), message=message))
+
+
+def _measure(namespace: str, name: str, old: Mapping[str, Any], result: ReconcileResult) -> None:
+    weights = result.status.get("weights") or {}
+    phase = str(result.status.get("phase", ""))
+    opmetrics.observe(namespace, name, phase, int(weights.get("canary", 0)))
+    for counter in getattr(result.decision, "counters", ()):
+        opmetrics.count(namespace, name, counter.name, counter.labels, counter.value)
+    seen = {_entry_key(e) for e in old.get("history") or []}
+    new = [e for e in result.status.get("history") or [] if _entry_key(e) not in seen]
+    opmetrics.outcomes(
+        namespace,
+        name,
+        promoted=sum(e.get("outcome") == "promoted" for e in new),
+        rolled_back=sum(e.get("outcome") == "rolledBack" for e in new),
+    )
+
+
+def _entry_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(entry.get("revision")), str(entry.get("outcome")), str(entry.get("at")))
+
+
+def forget_object(deps: Deps, *, body: Mapping[str, Any]) -> None:
+    """On deletion: children go with their owner references; drop our memory and series."""
+    meta = body.get("metadata", {})
+    deps.forget(meta.get("uid", ""))
+    opmetrics.forget(meta.get("namespace", ""), meta.get("name", ""))

@@ -1,0 +1,252 @@
+"""The one module that talks to the Kubernetes API (synchronous; kopf runs sync handlers in
+threads).
+
+Only create, JSON merge-patch, JSON-patch, get, list and delete are used: no server-side
+apply, no strategic merge, no PUT. That keeps the semantics identical on every API server
+and on the test emulator (docs/kmock.md). Requests go through the ``kubernetes`` package's
+configuration (kubeconfig or in-cluster, TLS, token refresh) but bodies are handled as
+plain JSON, so resources without generated models (ModelDeployment, HTTPRoute) need no
+special casing and a create answered with any 2xx still returns the object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import kubernetes
+import urllib3
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resource:
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        base = (
+            f"/api/{self.api_version}"
+            if "/" not in self.api_version
+            else (f"/apis/{self.api_version}")
+        )
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+RESOURCES: dict[str, Resource] = {
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Service": Resource("v1", "services"),
+    "ServiceAccount": Resource("v1", "serviceaccounts"),
+    "Event": Resource("v1", "events"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
+    "HTTPRoute": Resource("gateway.networking.k8s.io/v1", "httproutes"),
+    "ModelDeployment": Resource("mlrollout.io/v1alpha1", "modeldeployments"),
+}
+
+
+def resource_of(kind: str) -> Resource:
+    try:
+        return RESOURCES[kind]
+    except KeyError:
+        raise ValueError(f"kind {kind!r} is not one the operator manages") from None
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """True when every field in ``desired`` already has that value in ``actual``.
+
+    Lists must match exactly (merge-patch replaces lists whole). Fields the server adds
+    (defaults, status, uid) are ignored, so an unchanged object is never re-patched.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(
+            k in actual and is_subset(v, actual[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(desired) == len(actual)
+            and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+        )
+    return bool(desired == actual)
+
+
+class Kube:
+    """A thin JSON client. Every method raises :class:`KubeError` (or a subclass)."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration, timeout: float = 10.0):
+        self._config = configuration
+        self._api = kubernetes.client.ApiClient(configuration)
+        self._pool = self._api.rest_client.pool_manager
+        self._timeout = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout)
+
+    @classmethod
+    def from_environment(cls, timeout: float = 10.0) -> Kube:
+        """In-cluster service account if present, else the kubeconfig (``KUBECONFIG``)."""
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+        return cls(configuration, timeout)
+
+    # --- raw ----------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        url = self._config.host.rstrip("/") + path
+        if query:
+            url += "?" + urlencode(query)
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = self._config.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            headers["Authorization"] = token
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            resp = self._pool.request(
+                method, url, body=data, headers=headers, timeout=self._timeout, retries=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+        text = resp.data.decode("utf-8", "replace")
+        if resp.status >= 400:
+            raise _error(resp.status, method, path, text)
+        try:
+            return json.loads(text) if text else None
+        except ValueError as exc:
+            raise KubeError(resp.status, "BadResponse", f"{method} {path}: not JSON") from exc
+
+    # --- typed ----------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            obj = self.request("GET", resource_of(kind).path(namespace, name))
+        except NotFound:
+            return None
+        return dict(obj)
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        query = (
+            {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))}
+            if (labels)
+            else None
+        )
+        out = self.request("GET", resource_of(kind).path(namespace), query=query)
+        items = list((out or {}).get("items") or [])
+        if labels:  # do not trust the server to have filtered (some test servers do not)
+            items = [i for i in items if _has_labels(i, labels)]
+        return items
+
+    def create(self, obj: Mapping[str, Any]) -> Obj:
+        meta = obj["metadata"]
+        res = resource_of(obj["kind"])
+        out = self.request("POST", res.path(meta.get("namespace")), body=obj)
+        # Some servers answer a create with an empty body; the object is then what we sent.
+        return dict(out) if isinstance(out, Mapping) else dict(obj)
+
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> Obj:
+        path = resource_of(kind).path(namespace, name, sub)
+        return dict(
+            self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+            or {}
+        )
+
+    def json_patch(
+        self, kind: str, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]
+    ) -> Obj:
+        path = resource_of(kind).path(namespace, name)
+        return dict(
+            self.request("PATCH", path, body=list(ops), content_type="application/json-patch+json")
+            or {}
+        )
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self.request("DELETE", resource_of(kind).path(namespace, name), body=body)
+        except NotFound:
+            return False
+        return True
+
+    def apply(self, obj: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> Obj:
+        """Make ``obj`` exist as given: create it, or merge-patch what differs.
+
+        ``current`` (from an earlier list) saves a GET; an object already matching is not
+        written at all. A create racing another writer (409) falls back to a patch.
+        """
+        kind, meta = obj["kind"], obj["metadata"]
+        if current is None:
+            current = self.get(kind, meta["namespace"], meta["name"])
+        if current is None:
+            try:
+                return self.create(obj)
+            except Conflict:
+                current = self.get(kind, meta["namespace"], meta["name"]) or {}
+        if is_subset(_writable(obj), current):
+            return dict(current)
+        return self.merge_patch(kind, meta["namespace"], meta["name"], _writable(obj))
+
+
+def _writable(obj: Mapping[str, Any]) -> Obj:
+    return {k: v for k, v in obj.items() if k != "status"}
+
+
+def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def _error(status: int, method: str, path: str, text: str) -> KubeError:
+    reason, message = "", text[:300]
+    try:
+        body = json.loads(text)
+        reason, message = str(body.get("reason", "")), str(body.get("message", message))
+    except (ValueError, AttributeError):
+        pass
+    cls = NotFound if status == 404 else Conflict if status == 409 else KubeError
+    return cls(status, reason or "Error", f"{method} {path}: {message}")

@@ -1,0 +1,389 @@
+"""The real operator process against the API emulator and a real Prometheus.
+
+Verdicts are driven through real PromQL: the fake model servers' counters are scraped by
+Prometheus every second and the operator queries it like it would in a cluster.
+Intervals are shortened to seconds; every wait is bounded and says what it waited for.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import kubernetes
+import kubernetes_validate
+import pytest
+from mlrollout.operator.kube import Kube
+from mlrollout.operator.model import ModelRef, revision_id
+from mlrollout.services.netutil import free_port
+
+pytestmark = pytest.mark.integration
+
+MD = "fraud"
+K8S_VERSION = "1.30.0"
+GOOD = dict(rps=60.0, error_rate=0.0, prediction_mix=(0.5, 0.5))
+
+
+def md_body(namespace: str, version: str, **analysis: Any) -> dict[str, Any]:
+    spec_analysis = {
+        "interval": "1s",
+        "window": "8s",
+        "minSamples": 20,
+        "failureLimit": 1,
+        "maxStaleness": "30s",
+        "metrics": {"predictionDrift": {"maxPsi": 0.2}},
+        **analysis,
+    }
+    return {
+        "apiVersion": "mlrollout.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MD, "namespace": namespace},
+        "spec": {
+            "model": {
+                "name": "fraud",
+                "version": version,
+                "uri": f"https://models.test/fraud-{version}.tar.gz",
+            },
+            "rollout": {"steps": [{"weight": 20}, {"weight": 50}], "analysis": spec_analysis},
+            "traffic": {"stickyHeader": "x-user-id"},
+        },
+    }
+
+
+def rev(version: str) -> str:
+    return revision_id(
+        ModelRef(name="fraud", version=version, uri=f"https://models.test/fraud-{version}.tar.gz")
+    )
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Any) -> Kube:
+    config = kubernetes.client.Configuration()
+    config.host = cluster.url
+    return Kube(config, timeout=5)
+
+
+def status(kube: Kube, ns: str) -> dict[str, Any]:
+    obj = kube.get("ModelDeployment", ns, MD) or {}
+    return dict(obj.get("status") or {})
+
+
+def table(kube: Kube, ns: str) -> dict[str, Any] | None:
+    import json
+
+    cm = kube.get("ConfigMap", ns, f"{MD}-routes")
+    return json.loads(cm["data"]["table.json"]) if cm else None
+
+
+def phase_is(kube: Kube, ns: str, phase: str) -> Any:
+    st = status(kube, ns)
+    return st if st.get("phase") == phase else None
+
+
+def set_version(kube: Kube, ns: str, version: str) -> None:
+    kube.merge_patch(
+        "ModelDeployment",
+        ns,
+        MD,
+        {
+            "spec": {
+                "model": {"version": version, "uri": f"https://models.test/fraud-{version}.tar.gz"}
+            }
+        },
+    )
+
+
+def events(cluster: Any, ns: str) -> list[str]:
+    return [e.get("reason", "") for e in cluster.live("v1/events", ns)]
+
+
+def deploy_healthy(
+    harness: Any, kube: Kube, exporter: Any, ns: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+
+    exporter.set(ns, MD, "1", harness.Traffic(**GOOD), "stable")
+    kube.create(body or md_body(ns, "1"))
+    return harness.eventually(
+        lambda: phase_is(kube, ns, "Healthy"), 30, f"{ns}: first deployment Healthy"
+    )
+
+
+def start_canary(harness: Any, kube: Kube, exporter: Any, ns: str, traffic: dict[str, Any]) -> None:
+
+    exporter.set(ns, MD, "2", harness.Traffic(**traffic), "canary")
+    set_version(kube, ns, "2")
+
+
+def test_new_deployment_becomes_healthy_with_owned_valid_children(
+    operator: Any, cluster: Any, kube: Kube, exporter: Any, harness: Any
+) -> None:
+
+    ns = "healthy"
+    st = deploy_healthy(harness, kube, exporter, ns)
+    assert st["stable"]["version"] == "1"
+    uid = kube.get("ModelDeployment", ns, MD)["metadata"]["uid"]
+    r1 = f"{MD}-{rev('1')}"
+    assert cluster.names("apps/v1/deployments", ns) == {r1, f"{MD}-router"}
+    assert cluster.names("v1/services", ns) == {r1, f"{MD}-stable", MD}
+    assert cluster.names("v1/configmaps", ns) == {f"{MD}-routes"}
+    assert cluster.names("policy/v1/poddisruptionbudgets", ns) == {MD}
+    routes = table(kube, ns)
+    assert routes is not None and routes["weights"] == {"stable": 100}
+    assert routes["backends"]["stable"]["version"] == "1"
+    assert routes["stickyHeader"] == "x-user-id"
+
+    children = [
+        obj
+        for key in ("apps/v1/deployments", "v1/services", "v1/configmaps", "v1/serviceaccounts",
+                    "rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/rolebindings",
+                    "policy/v1/poddisruptionbudgets")
+        for obj in cluster.live(key, ns)
+    ]  # fmt: skip
+    assert len(children) == 10
+    for obj in children:
+        assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"][
+            "name"
+        ]
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert "Deployed" in events(cluster, ns)
+    # The operator wrote status many times by now; none of it may look like a spec change.
+    assert f"[{ns}/{MD}] Handler 'on_create' succeeded" in operator.log()
+    assert f"[{ns}/{MD}] Handler 'on_update" not in operator.log()
+
+    metrics = harness.http_text(operator.metrics_url)
+    assert (
+        f'mlrollout_operator_phase{{deployment="{MD}",namespace="{ns}",phase="Healthy"}} 1.0'
+        in metrics
+    )
+
+    kube.delete("ModelDeployment", ns, MD)
+    harness.eventually(
+        lambda: not cluster.live("apps/v1/deployments", ns), 10, "children garbage-collected"
+    )
+
+
+def test_good_version_walks_the_steps_and_is_promoted(
+    cluster: Any, kube: Kube, exporter: Any, operator: Any, harness: Any
+) -> None:
+
+    ns = "promote"
+    deploy_healthy(harness, kube, exporter, ns)
+    start_canary(harness, kube, exporter, ns, GOOD)
+    seen_weights: set[int] = set()
+
+    def promoted() -> Any:
+        st = status(kube, ns)
+        seen_weights.add(int((st.get("weights") or {}).get("canary", 0)))
+        return (
+            st
+            if st.get("phase") == "Healthy" and st.get("stable", {}).get("version") == "2"
+            else None
+        )
+
+    st = harness.eventually(promoted, 60, "v2 promoted")
+    assert {20, 50} <= seen_weights, seen_weights  # both steps were taken
+    assert "canary" not in st
+    assert [h["outcome"] for h in st["history"]][-1] == "promoted"
+    routes = table(kube, ns)
+    assert routes is not None
+    assert routes["weights"] == {"stable": 100}
+    assert routes["backends"]["stable"]["version"] == "2"
+    harness.eventually(
+        lambda: cluster.names("apps/v1/deployments", ns) == {f"{MD}-{rev('2')}", f"{MD}-router"},
+        10,
+        "v1 stopped",
+    )
+    assert {"StepAdvanced", "Promoted"} <= set(events(cluster, ns))
+    # One spec change, one update handler run, however many status writes happened.
+    assert operator.log().count(f"[{ns}/{MD}] Handler 'on_update/spec' succeeded") == 1
+
+
+@pytest.mark.parametrize(
+    ("ns", "canary", "check"),
+    [
+        ("errors", dict(rps=60.0, error_rate=0.4, prediction_mix=(0.5, 0.5)), "errorRate"),
+        ("drift", dict(rps=60.0, error_rate=0.0, prediction_mix=(0.95, 0.05)), "predictionDrift"),
+    ],
+)
+def test_bad_canary_is_rolled_back(
+    ns: str,
+    canary: dict[str, Any],
+    check: str,
+    cluster: Any,
+    kube: Kube,
+    exporter: Any,
+    operator: Any,
+    harness: Any,
+) -> None:
+
+    deploy_healthy(harness, kube, exporter, ns)
+    start_canary(harness, kube, exporter, ns, canary)
+    st = harness.eventually(
+        lambda: phase_is(kube, ns, "RolledBack"), 45, f"{ns}: canary rolled back"
+    )
+    assert st["stable"]["version"] == "1"
+    assert [r["revision"] for r in st["rejectedRevisions"]] == [rev("2")]
+    failed = [v for v in st["analysis"]["verdicts"] if v["outcome"] == "fail"]
+    assert check in {v["check"] for v in failed}, st["analysis"]["verdicts"]
+    routes = table(kube, ns)
+    assert routes is not None and routes["weights"] == {"stable": 100}
+    assert routes["backends"]["stable"]["version"] == "1"
+    harness.eventually(
+        lambda: cluster.names("apps/v1/deployments", ns) == {f"{MD}-{rev('1')}", f"{MD}-router"},
+        10,
+        "canary stopped",
+    )
+    assert "canary" not in routes["backends"]
+    metrics = harness.http_text(operator.metrics_url)
+    labels = f'deployment="{MD}",namespace="{ns}"'
+    assert f'mlrollout_operator_phase{{{labels},phase="RolledBack"}} 1.0' in metrics
+    assert f"mlrollout_operator_rollbacks_total{{{labels}}} 1.0" in metrics
+    assert f'mlrollout_operator_verdicts_total{{check="{check}",{labels},result="fail"}}' in metrics
+
+
+def test_too_little_traffic_holds_the_step(
+    cluster: Any, kube: Kube, exporter: Any, operator: Any, harness: Any
+) -> None:
+
+    ns = "quiet"
+    deploy_healthy(harness, kube, exporter, ns)
+    start_canary(
+        harness, kube, exporter, ns, dict(rps=0.5, error_rate=0.0, prediction_mix=(0.5, 0.5))
+    )
+
+    def held_with_no_data() -> Any:
+        st = status(kube, ns)
+        verdicts = st.get("analysis", {}).get("verdicts", [])
+        return st if any(v["outcome"] == "noData" for v in verdicts) else None
+
+    harness.eventually(held_with_no_data, 30, "a noData verdict")
+    # Several analysis runs later it still holds the first step (and never fails it).
+    runs = harness.eventually(
+        lambda: status(kube, ns).get("analysis", {}).get("lastRunAt"), 5, "analysis ran"
+    )
+    harness.eventually(
+        lambda: status(kube, ns)["analysis"]["lastRunAt"] != runs, 10, "another analysis run"
+    )
+    st = status(kube, ns)
+    assert st["phase"] in ("Progressing", "Paused"), st["phase"]
+    assert st["currentStep"] == 0 and st["weights"]["canary"] == 20
+    assert st["analysis"]["consecutiveFailures"] == 0
+
+
+def test_invalid_spec_gets_a_condition_and_nothing_else_changes(
+    cluster: Any, kube: Kube, exporter: Any, operator: Any, harness: Any
+) -> None:
+
+    ns = "invalid"
+    deploy_healthy(harness, kube, exporter, ns)
+    before = {
+        (o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+        for key in ("apps/v1/deployments", "v1/services", "v1/configmaps")
+        for o in cluster.live(key, ns)
+    }
+    kube.merge_patch(
+        "ModelDeployment",
+        ns,
+        MD,
+        {"spec": {"serving": {"replicas": 2, "autoscaling": {"minReplicas": 1}}}},
+    )
+    st = harness.eventually(lambda: phase_is(kube, ns, "InvalidSpec"), 20, "InvalidSpec phase")
+    cond = {c["type"]: c for c in st["conditions"]}["SpecValid"]
+    assert cond["status"] == "False"
+    assert "replicas or autoscaling" in cond["message"]
+    after = {
+        (o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+        for key in ("apps/v1/deployments", "v1/services", "v1/configmaps")
+        for o in cluster.live(key, ns)
+    }
+    assert after == before
+    assert "InvalidSpec" in events(cluster, ns)
+
+
+def test_prometheus_down_holds_then_rolls_back_after_max_hold(
+    cluster: Any, kube: Kube, exporter: Any, start_operator: Any, harness: Any
+) -> None:
+
+    ns = "promdown"
+    op = start_operator((ns,), prometheus_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        body = md_body(ns, "1", onProviderError={"action": "rollback", "maxHold": "6s"})
+        deploy_healthy(harness, kube, exporter, ns, body)
+        start_canary(harness, kube, exporter, ns, GOOD)
+
+        def holding() -> Any:
+            st = status(kube, ns)
+            verdicts = st.get("analysis", {}).get("verdicts", [])
+            held = st.get("phase") == "Progressing" and any(
+                v["outcome"] == "providerError" for v in verdicts
+            )
+            return st if held else None
+
+        st = harness.eventually(holding, 20, "a provider-error hold")
+        assert st["weights"]["canary"] == 20  # never promoted blind
+        st = harness.eventually(
+            lambda: phase_is(kube, ns, "RolledBack"), 30, "rollback after maxHold"
+        )
+        assert st["stable"]["version"] == "1"
+        assert "AnalysisProviderError" in events(cluster, ns)
+    finally:
+        op.stop()
+
+
+def test_restarted_operator_resumes_at_the_same_step_without_duplicates(
+    cluster: Any, kube: Kube, exporter: Any, start_operator: Any, harness: Any
+) -> None:
+
+    ns = "restart"
+    op = start_operator((ns,))
+    body = md_body(ns, "1")
+    body["spec"]["rollout"]["steps"] = [{"weight": 30, "pause": "manual"}, {"weight": 60}]
+    try:
+        deploy_healthy(harness, kube, exporter, ns, body)
+        start_canary(harness, kube, exporter, ns, GOOD)
+        harness.eventually(lambda: phase_is(kube, ns, "Paused"), 40, "paused at the manual step")
+    finally:
+        op.stop()
+    before = status(kube, ns)
+    creates = cluster.call(
+        lambda e: {
+            k: v
+            for k, v in e.counts.items()
+            if k.startswith("create") and k.endswith(ns) and "events" not in k
+        }
+    )
+    names = {key: cluster.names(key, ns) for key in ("apps/v1/deployments", "v1/services")}
+
+    op = start_operator((ns,))
+    try:
+        # Give the new process time to resume and tick several times.
+        harness.eventually(
+            lambda: "resume" in op.log().lower() and op.log().count("timer") >= 0,
+            15,
+            "resume handler ran",
+        )
+        harness.eventually(lambda: status(kube, ns).get("phase") == "Paused", 10, "still paused")
+        after = status(kube, ns)
+        assert after["currentStep"] == before["currentStep"] == 0
+        assert after["weights"] == before["weights"] == {"stable": 70, "canary": 30}
+        assert after["canary"]["id"] == before["canary"]["id"] == rev("2")
+        assert {key: cluster.names(key, ns) for key in names} == names
+        creates_after = cluster.call(
+            lambda e: {
+                k: v
+                for k, v in e.counts.items()
+                if k.startswith("create") and k.endswith(ns) and "events" not in k
+            }
+        )
+        assert creates_after == creates  # nothing was created twice
+
+        kube.merge_patch(
+            "ModelDeployment", ns, MD, {"spec": {"controls": {"resume": secrets.token_hex(4)}}}
+        )
+        harness.eventually(
+            lambda: (status(kube, ns).get("stable") or {}).get("version") == "2",
+            40,
+            "promoted after resume",
+        )
+    finally:
+        op.stop()
