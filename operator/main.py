@@ -58,20 +58,26 @@ def deps() -> Deps:
     return _deps
 
 
-@kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    global _deps
-    prefix = SETTINGS.annotations_prefix
+def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    """kopf's own settings, from ours."""
+    prefix = ours.annotations_prefix
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=prefix, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{prefix}/finalizer"
-    settings.posting.level = logging.getLevelName(SETTINGS.posting_level)
-    settings.watching.server_timeout = SETTINGS.watch_server_timeout
-    settings.watching.client_timeout = SETTINGS.watch_client_timeout
-    settings.watching.connect_timeout = SETTINGS.api_timeout
-    settings.networking.request_timeout = SETTINGS.api_timeout * 3
+    settings.posting.level = logging.getLevelName(ours.posting_level)
+    settings.scanning.disabled = ours.namespace_mode == "namespaced"
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = ours.api_timeout
+    settings.networking.request_timeout = ours.api_timeout * 3
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    global _deps
+    configure_kopf(settings, SETTINGS)
     kube = Kube.from_environment(timeout=SETTINGS.api_timeout)
     _deps = Deps(
         settings=SETTINGS,

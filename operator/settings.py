@@ -32,6 +32,10 @@ class OperatorSettings:
     posting_level: str = "INFO"  # lowest log level kopf also posts as a Kubernetes Event
     router_image: str | None = None  # default: the ModelDeployment's serving image
     annotations_prefix: str = "mlrollout.io"
+    # "cluster": kopf watches namespaces and CRDs as they come and go (needs cluster-wide
+    # list/watch); "namespaced": only the namespaces given on the command line, with kopf's
+    # scanning off, because that mode's RBAC grants nothing cluster-wide.
+    namespace_mode: str = "cluster"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -54,6 +58,9 @@ class OperatorSettings:
             ),
             router_image=env.get(PREFIX + "ROUTER_IMAGE") or None,
             annotations_prefix=env.get(PREFIX + "ANNOTATIONS_PREFIX") or d.annotations_prefix,
+            namespace_mode=_choice(
+                env, "NAMESPACE_MODE", d.namespace_mode, ("cluster", "namespaced")
+            ),
         )
 
 
@@ -78,7 +85,9 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    raw = (env.get(PREFIX + name) or default).upper()
-    if raw not in allowed:
-        raise SettingsError(f"{PREFIX}{name}={raw!r} must be one of {', '.join(allowed)}")
-    return raw
+    """The allowed spelling of the value, matched case-insensitively."""
+    raw = env.get(PREFIX + name) or default
+    for option in allowed:
+        if raw.lower() == option.lower():
+            return option
+    raise SettingsError(f"{PREFIX}{name}={raw!r} must be one of {', '.join(allowed)}")

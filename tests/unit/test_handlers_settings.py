@@ -19,6 +19,7 @@ def test_values_are_read_and_normalised() -> None:
             "MLROLLOUT_TICK_SECONDS": "0.5",
             "MLROLLOUT_METRICS_PORT": "0",
             "MLROLLOUT_POSTING_LEVEL": "warning",
+            "MLROLLOUT_NAMESPACE_MODE": "Namespaced",
         }
     )
     assert (s.prometheus_url, s.tick_seconds, s.metrics_port, s.posting_level) == (
@@ -27,6 +28,7 @@ def test_values_are_read_and_normalised() -> None:
         0,
         "WARNING",
     )
+    assert s.namespace_mode == "namespaced"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,7 @@ def test_values_are_read_and_normalised() -> None:
         ({"MLROLLOUT_TICK_SECONDS": "0"}, "must be between 0.2 and 3600"),
         ({"MLROLLOUT_PROMETHEUS_URL": "prom:9090"}, "must start with http:// or https://"),
         ({"MLROLLOUT_POSTING_LEVEL": "LOUD"}, "must be one of DEBUG, INFO, WARNING, ERROR"),
+        ({"MLROLLOUT_NAMESPACE_MODE": "everywhere"}, "must be one of cluster, namespaced"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -67,3 +70,14 @@ def test_phase_is_one_hot_and_forget_removes_every_series() -> None:
     assert 'mlrollout_operator_promotions_total{deployment="m",namespace="t1"} 1.0' in out
     opmetrics.forget("t1", "m")
     assert 'namespace="t1"' not in text()
+
+
+@pytest.mark.parametrize(("mode", "scanning_disabled"), [("cluster", False), ("namespaced", True)])
+def test_namespaced_mode_turns_kopf_scanning_off(mode: str, scanning_disabled: bool) -> None:
+    import kopf
+    from mlrollout.operator.main import configure_kopf
+
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, OperatorSettings(namespace_mode=mode))
+    assert settings.scanning.disabled is scanning_disabled
+    assert settings.persistence.finalizer == "mlrollout.io/finalizer"

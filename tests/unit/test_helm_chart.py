@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kopf import cli as kopf_cli
+from mlrollout.operator.kube import RESOURCES
 from mlrollout.operator.settings import OperatorSettings
 from mlrollout.services.deploy_assets import documents
 
@@ -256,17 +257,11 @@ def test_namespaced_mode_has_no_cluster_rights(
     assert "--all-namespaces" not in args
 
 
-# What the operator creates, by kind (found in operator/builders.py) -> (API group, resource).
+# What the operator manages (the one list kube.py talks to) -> (API group, resource).
 KIND_RESOURCES = {
-    "Deployment": ("apps", "deployments"),
-    "Service": ("", "services"),
-    "ConfigMap": ("", "configmaps"),
-    "ServiceAccount": ("", "serviceaccounts"),
-    "Role": ("rbac.authorization.k8s.io", "roles"),
-    "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
-    "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
-    "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
-    "HTTPRoute": ("gateway.networking.k8s.io", "httproutes"),
+    kind: (r.api_version.rpartition("/")[0], r.plural)
+    for kind, r in RESOURCES.items()
+    if kind not in {"ModelDeployment", "Event"}  # checked separately below
 }
 WRITE_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 
@@ -284,9 +279,9 @@ def test_rbac_covers_every_kind_the_operator_builds(chart: helm.Chart) -> None:
     built = set(re.findall(r'"kind": "([A-Za-z]+)"', source)) - {"ModelDeployment"}
     assert built, "builders.py should build Kubernetes objects"
     unknown = built - KIND_RESOURCES.keys()
-    assert not unknown, f"map these kinds to their API resource: {unknown}"
+    assert not unknown, f"kube.RESOURCES does not know these built kinds: {unknown}"
     (role,) = only(render(chart, {"gatewayAPI": {"enabled": True}}), "ClusterRole")
-    for kind in sorted(built):
+    for kind in sorted(KIND_RESOURCES):
         assert _granted(role["rules"], *KIND_RESOURCES[kind]) >= WRITE_VERBS, kind
     assert {"patch"} <= _granted(role["rules"], "mlrollout.io", "modeldeployments/status")
     assert {"create"} <= _granted(role["rules"], "", "events")
