@@ -31,6 +31,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_ratios(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> list[float]:
+    """CPU per request of each run over the reference's in the same round.
+
+    A run too short for the clock to tick (10 ms) reads 0 CPU; such rounds are left out.
+    """
+    return [
+        a["cpu_us_per_request"] / b["cpu_us_per_request"]
+        for a, b in zip(runs, reference, strict=False)
+        if b["cpu_us_per_request"] > 0
+    ]
+
+
 def _fmt_spread(values: list[float], digits: int = 0) -> str:
     med = statistics.median(values)
     if len(values) == 1:
@@ -51,11 +63,8 @@ def serving_table(cells: list[dict[str, Any]], batch: int, reference: str) -> li
         ratio = "-"
         if ref is not None:
             # Ratios per round (same round = same machine conditions), then their median and spread.
-            ratios = [
-                a["cpu_us_per_request"] / b["cpu_us_per_request"]
-                for a, b in zip(runs, ref["runs"], strict=False)
-            ]
-            ratio = _fmt_spread(ratios, 2)
+            ratios = cpu_ratios(runs, ref["runs"])
+            ratio = _fmt_spread(ratios, 2) if ratios else "-"
         p50 = [r["p50_ms"] for r in runs]
         p99 = [r["p99_ms"] for r in runs]
         tail = [b / a for a, b in zip(p50, p99, strict=True) if a > 0]

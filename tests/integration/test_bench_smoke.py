@@ -36,8 +36,10 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     for cell in cells.values():
         run = cell["runs"][0]
         assert run["requests"] > 0 and run["errors"] == 0
-        assert run["cpu_us_per_request"] > 0
-    assert results["router"]["router_cpu_us_per_request"][0] > 0
+        # Smoke runs are shorter than a few clock ticks (10 ms): CPU may read 0, never less.
+        assert run["cpu_us_per_request"] >= 0
+    routed = [r for r in results["router"]["summary"]["runs"] if r["target"] == "router"]
+    assert routed and all(r["errors"] == 0 and r["rps"] > 0 for r in routed)
     assert all(c["us_per_call"] > 0 for c in results["drift"]["costs"])
     report = (out / "benchmarks.md").read_text()
     assert "SMOKE" in report and "| mlrollout server |" in report
