@@ -1,0 +1,315 @@
+"""``mlrollout loadgen``: steady prediction traffic, with delayed ground truth, and a report.
+
+Open loop: request *i* is due at ``start + i / rate`` whatever happened to earlier ones,
+so a slow backend shows up as latency and failures rather than as quietly less traffic.
+Concurrency is capped; bounded by ``--count`` and/or ``--duration`` (at least one is
+required, so it can never run forever by accident). SIGINT/SIGTERM stop it early and it
+still prints (and writes) its report.
+
+Records come from a JSON file: a list (or JSON lines) of feature objects, or of
+``{"record": {...}, "label": y}`` as ``mlrollout examples`` writes them. A record may
+carry its true label under ``--label-field``; the label is then taken out of the features
+and, for ``--feedback`` of the requests, posted to ``/feedback`` with the request id of
+the prediction it belongs to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LABEL_FIELD = "label"
+# The router names the track that answered; sending it back pins feedback to that track.
+TRACK_HEADER = "x-mlrollout-track"
+
+
+class LoadgenError(ValueError):
+    """Bad records file or settings; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    features: dict[str, Any]
+    label: Any = None
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    url: str  # base URL; requests go to {url}/predict and {url}/feedback
+    rate: float = 20.0  # requests per second
+    count: int | None = None
+    duration_s: float | None = None
+    concurrency: int = 16
+    batch: int = 1  # records per request
+    feedback: float = 0.0  # fraction of predictions followed by their label
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.count is None and self.duration_s is None:
+            raise LoadgenError("give --count or --duration (or both): load must be bounded")
+        if self.rate <= 0 or self.concurrency < 1 or self.batch < 1:
+            raise LoadgenError("rate must be > 0; concurrency and batch must be >= 1")
+        if not 0 <= self.feedback <= 1:
+            raise LoadgenError("feedback must be a fraction in 0..1")
+        if self.count is not None and self.count < 1:
+            raise LoadgenError("count must be >= 1")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise LoadgenError("duration must be > 0")
+
+
+@dataclass
+class LoadReport:
+    sent: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)  # "200", "503", "connect_error", ...
+    latencies_s: list[float] = field(default_factory=list)
+    feedback_sent: int = 0
+    feedback_failed: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s.startswith("2"))
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.ok
+
+    def quantile(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "failed": self.failed,
+            "statuses": dict(sorted(self.statuses.items())),
+            "feedback_sent": self.feedback_sent,
+            "feedback_failed": self.feedback_failed,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rate_per_s": round(self.sent / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+            "latency_p50_s": self.quantile(0.5),
+            "latency_p99_s": self.quantile(0.99),
+        }
+
+    def summary(self) -> str:
+        j = self.to_json()
+        p50, p99 = j["latency_p50_s"], j["latency_p99_s"]
+        lat = f", p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms" if p50 is not None else ""
+        codes = ", ".join(f"{k}: {v}" for k, v in j["statuses"].items())
+        return (
+            f"{j['sent']} requests in {j['elapsed_s']:.1f} s ({j['rate_per_s']}/s): "
+            f"{j['ok']} ok, {j['failed']} failed [{codes}]{lat}; "
+            f"feedback {j['feedback_sent']} sent, {j['feedback_failed']} failed"
+        )
+
+
+def parse_records(text: str, label_field: str | None = DEFAULT_LABEL_FIELD) -> list[Record]:
+    """Records from a JSON list or JSON lines of objects (pure)."""
+    stripped = text.strip()
+    if not stripped:
+        raise LoadgenError("the records file is empty")
+    try:
+        docs = json.loads(stripped)
+    except json.JSONDecodeError:
+        try:
+            docs = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise LoadgenError(
+                f"records are not JSON (a list, or one object per line): {exc}"
+            ) from None
+    if isinstance(docs, dict) and not isinstance(docs.get("records"), list):
+        docs = [docs]
+    if isinstance(docs, dict) and isinstance(docs.get("records"), list):
+        docs = docs["records"]
+    records = []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or not doc:
+            raise LoadgenError(f"record {i} must be a non-empty JSON object, got {doc!r:.60}")
+        if isinstance(doc.get("record"), dict):  # the examples' {"record": {...}, "label": y}
+            features = dict(doc["record"])
+            label = doc.get(label_field) if label_field else None
+        else:
+            features = dict(doc)
+            label = features.pop(label_field, None) if label_field else None
+        records.append(Record(features, label))
+    if not records:
+        raise LoadgenError("the records file holds no records")
+    return records
+
+
+def load_records(path: Path, label_field: str | None = DEFAULT_LABEL_FIELD) -> list[Record]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LoadgenError(f"cannot read records {path}: {exc.strerror or exc}") from None
+    return parse_records(text, label_field)
+
+
+def wants_feedback(i: int, fraction: float) -> bool:
+    """Deterministic spread: request i gets feedback when the running share falls behind."""
+    return int((i + 1) * fraction) > int(i * fraction)
+
+
+async def generate(
+    config: LoadConfig, records: Sequence[Record], stop: asyncio.Event | None = None
+) -> LoadReport:
+    import aiohttp
+
+    stop = stop or asyncio.Event()
+    report = LoadReport()
+    limit = asyncio.Semaphore(config.concurrency)
+    timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+    base = config.url.rstrip("/")
+    tasks: set[asyncio.Task[None]] = set()
+    started = time.monotonic()
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        rows = [records[(i * config.batch + k) % len(records)] for k in range(config.batch)]
+        request_id = f"lg-{i}"
+        track = None
+        t0 = time.monotonic()
+        try:
+            async with session.post(
+                f"{base}/predict",
+                json=[r.features for r in rows],
+                headers={"x-request-id": request_id},
+            ) as resp:
+                await resp.read()
+                status = str(resp.status)
+                request_id = resp.headers.get("x-request-id", request_id)
+                track = resp.headers.get(TRACK_HEADER)
+        except (aiohttp.ClientConnectionError, ConnectionError):
+            status = "connect_error"
+        except TimeoutError:
+            status = "timeout"
+        except aiohttp.ClientError:
+            status = "client_error"
+        finally:
+            limit.release()
+        report.latencies_s.append(time.monotonic() - t0)
+        report.statuses[status] += 1
+        labels = [r.label for r in rows]
+        if status.startswith("2") and wants_feedback(i, config.feedback) and None not in labels:
+            await _feedback(session, base, request_id, labels, track, report)
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        i = 0
+        while not stop.is_set():
+            if config.count is not None and i >= config.count:
+                break
+            due = started + i / config.rate
+            if config.duration_s is not None and due - started >= config.duration_s:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
+                break  # stopped while waiting
+            await limit.acquire()
+            report.sent += 1
+            task = asyncio.create_task(one(session, i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        if tasks:
+            await asyncio.wait(tasks, timeout=config.timeout_s + 1)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+async def _feedback(
+    session: Any,
+    base: str,
+    request_id: str,
+    labels: list[Any],
+    track: str | None,
+    report: LoadReport,
+) -> None:
+    body = {"request_id": request_id, "labels": labels}
+    # Through the router, the label must reach the server that made the prediction.
+    headers = {TRACK_HEADER: track} if track else {}
+    try:
+        async with session.post(f"{base}/feedback", json=body, headers=headers) as resp:
+            await resp.read()
+            ok = 200 <= resp.status < 300
+    except Exception:  # feedback is best effort; it is counted, never fatal
+        ok = False
+    report.feedback_sent += 1
+    report.feedback_failed += 0 if ok else 1
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="base URL of the router or a model server")
+    parser.add_argument(
+        "--records", type=Path, required=True, help="JSON list / JSON lines of records"
+    )
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    parser.add_argument("--count", type=int, default=None, help="stop after this many requests")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
+    parser.add_argument("--batch", type=int, default=1, help="records per request")
+    parser.add_argument(
+        "--feedback",
+        type=float,
+        default=0.0,
+        help="fraction of predictions followed by their label",
+    )
+    parser.add_argument("--label-field", default=DEFAULT_LABEL_FIELD, help="label key in records")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
+    parser.add_argument(
+        "--max-failures",
+        type=float,
+        default=None,
+        help="exit 1 if the failed fraction is above this (e.g. 0 for none allowed)",
+    )
+
+
+async def _main(config: LoadConfig, records: list[Record]) -> LoadReport:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await generate(config, records, stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = LoadConfig(
+            url=args.url,
+            rate=args.rate,
+            count=args.count,
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            batch=args.batch,
+            feedback=args.feedback,
+            timeout_s=args.timeout,
+        )
+        records = load_records(args.records, args.label_field)
+    except LoadgenError as exc:
+        print(f"mlrollout loadgen: error: {exc}", file=sys.stderr)
+        return 2
+    report = asyncio.run(_main(config, records))
+    print(report.summary())
+    if args.report:
+        tmp = args.report.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        tmp.replace(args.report)
+    if (
+        args.max_failures is not None
+        and report.sent
+        and report.failed / report.sent > args.max_failures
+    ):
+        return 1
+    return 0
