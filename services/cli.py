@@ -26,7 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlrollout", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mlrollout",
+        description="Progressive (canary) delivery of ML models: export, serve, route, roll out.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

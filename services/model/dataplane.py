@@ -258,9 +258,20 @@ class Dataplane:
             items = _feedback_items(decode_json(body), self.validator.max_rows)
             correct = incorrect = unmatched = 0
             with self._recent_lock:
+                # Check before judging anything: a refused list must leave every stored
+                # prediction in place for the corrected retry.
+                for i, (rid, truth) in enumerate(items):
+                    known = self._recent.get(rid)
+                    if known is not None and len(known) != len(truth):
+                        raise InputError(
+                            Reason.BAD_STRUCTURE,
+                            "labels",
+                            f"feedback entry {i}: request {rid!r} predicted {len(known)} "
+                            f"row(s), got {len(truth)} label(s)",
+                        )
                 for rid, truth in items:
                     predicted = self._recent.pop(rid, None)
-                    if predicted is None or len(predicted) != len(truth):
+                    if predicted is None:
                         unmatched += len(truth)
                         continue
                     hits = sum(p == t for p, t in zip(predicted, truth, strict=True))

@@ -163,6 +163,7 @@ def _columns(X: Columns | np.ndarray, feature_names: Sequence[str] | None) -> di
         names = list(feature_names) if feature_names is not None else None
         if names is None or len(names) != arr.shape[1]:
             raise ExportError(f"pass feature_names with {arr.shape[1]} names for a 2D X_train")
+        _refuse_duplicates(names, "feature_names")
         cols = {str(c): arr[:, i] for i, c in enumerate(names)}
     if not cols:
         raise ExportError("X_train has no features")
@@ -348,12 +349,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import joblib
 
-        pipeline = joblib.load(args.pipeline)  # trusted input: the user's own model file
+        pipeline = _load_pipeline(joblib, args.pipeline)
         categorical = {c for c in args.categorical.split(",") if c}
         columns, y = read_csv(Path(args.data), args.target, categorical)
-        metrics = json.loads(args.metrics)
-        if not isinstance(metrics, dict):
-            raise ExportError("--metrics must be a JSON object")
+        metrics = _parse_metrics(args.metrics)
         if hasattr(pipeline, "classes_"):
             y = _like_classes(y, pipeline.classes_)
         out = export_model(
@@ -376,11 +375,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_metrics(text: str) -> dict[str, float]:
+    try:
+        metrics = json.loads(text)
+    except ValueError as exc:
+        raise ExportError(f"--metrics is not JSON ({exc}): {text[:80]!r}") from None
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        raise ExportError('--metrics must be a JSON object of numbers such as {"accuracy": 0.93}')
+    return metrics
+
+
+def _load_pipeline(joblib: Any, path: str) -> Any:
+    try:
+        pipeline = joblib.load(path)  # trusted input: the user's own model file
+    except OSError:
+        raise
+    except Exception as exc:  # unpickling garbage raises almost any exception type
+        raise ExportError(
+            f"--pipeline {path}: not a joblib/pickle file of a fitted pipeline "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    if not hasattr(pipeline, "predict"):
+        raise ExportError(
+            f"--pipeline {path}: holds a {type(pipeline).__name__}, "
+            "not a fitted scikit-learn estimator or pipeline"
+        )
+    return pipeline
+
+
 def read_csv(
     path: Path, target: str, categorical: set[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Columns as float (empty -> NaN) when every value parses, else as strings (empty -> None)."""
-    with path.open(newline="", encoding="utf-8") as f:
+    """Columns as float (empty or NA -> NaN) when every value parses, else as strings
+    (empty -> None)."""
+    # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise
+    # become part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -388,6 +420,7 @@ def read_csv(
         rows = list(reader)
     if target not in header:
         raise ExportError(f"{path} has no column {target!r} (columns: {', '.join(header)})")
+    _refuse_duplicates(header, f"{path}: the header")
     unknown = categorical - set(header)
     if unknown:
         raise ExportError(f"--categorical names unknown columns: {sorted(unknown)}")
@@ -399,10 +432,21 @@ def read_csv(
     return {h: _parse_column(v, h in categorical) for h, v in raw.items()}, np.asarray(y)
 
 
+def _refuse_duplicates(names: Sequence[str], what: str) -> None:
+    # One name per column: a dict of columns would silently keep only the last one.
+    dupes = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if dupes:
+        raise ExportError(f"{what} names a column more than once: {', '.join(dupes)}")
+
+
+# How spreadsheets, R and pandas write a missing number; float() already takes "nan".
+_NA_MARKERS = frozenset({"", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "None", "<NA>"})
+
+
 def _parse_column(values: list[str], categorical: bool) -> np.ndarray:
     if not categorical:
         try:
-            return np.array([float(v) if v != "" else math.nan for v in values])
+            return np.array([math.nan if v.strip() in _NA_MARKERS else float(v) for v in values])
         except ValueError:
             pass
     return np.array([v if v != "" else None for v in values], dtype=object)

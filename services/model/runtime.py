@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from mlrollout.services.model.validation import Batch
+from mlrollout.services.model.validation import Batch, InputError, Reason
 
 PROBABILITIES = "probabilities"
 WARM_UP_RUNS = 3
@@ -96,6 +96,8 @@ class OnnxModel:
 
     def predict(self, batch: Batch) -> Prediction:
         (out,) = self._session.run([self._output], self.feeds(batch))
+        if not np.isfinite(out).all():
+            raise _not_finite(np.asarray(out))
         if self.task != "classification":
             return Prediction(np.asarray(out).reshape(-1).tolist(), None, None)
         indices = out.argmax(axis=1)
@@ -112,3 +114,15 @@ class OnnxModel:
         for _ in range(WARM_UP_RUNS - 1):
             result = self.predict(batch)
         return result
+
+
+def _not_finite(out: np.ndarray) -> InputError:
+    # Valid float32 inputs far outside the training data can overflow a linear model; a
+    # NaN or inf is no answer, and JSON cannot carry it.
+    row = int(np.argmax(~np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
+    return InputError(
+        Reason.WRONG_TYPE,
+        None,
+        f"row {row}: the model's output for this input is not a finite number "
+        "(values far outside the training data?)",
+    )

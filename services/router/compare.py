@@ -24,10 +24,11 @@ def compare_bodies(
     """``agree`` or ``disagree`` for two JSON bodies; ``error`` if either is not JSON."""
     try:
         a, b = json.loads(stable), json.loads(canary)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        a, b = _prediction_part(a), _prediction_part(b)
+        return "agree" if _same(a, b, rel_tol, abs_tol) else "disagree"
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        # A backend's answer nested beyond Python's recursion limit is no prediction.
         return "error"
-    a, b = _prediction_part(a), _prediction_part(b)
-    return "agree" if _same(a, b, rel_tol, abs_tol) else "disagree"
 
 
 def _prediction_part(doc: Any) -> Any:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ log = logging.getLogger("mlrollout.router")
 
 FORCE_HEADER = b"x-mlrollout-track"
 REQUEST_ID_HEADER = b"x-request-id"
+# The model server's rule for keeping a client's id (else it makes its own, and the id the
+# router answered with would match no stored prediction).
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones the router sets itself.
 _DROP_REQUEST = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
@@ -129,7 +133,7 @@ class Router:
         out: list[bytes] = []
         for name, value in req.headers:
             if name in _DROP_REQUEST:
-                if name == REQUEST_ID_HEADER:
+                if name == REQUEST_ID_HEADER and _SAFE_REQUEST_ID.fullmatch(value):
                     request_id = value
                 continue
             if name == FORCE_HEADER:
@@ -162,7 +166,14 @@ class Router:
             (b"x-mlrollout-version", table.backends[track].version.encode()),
             (REQUEST_ID_HEADER, request_id),
         )
-        if response is not None and should_shadow(table, track, random.random()):
+        # Only a stable answer to a POST (a prediction, or feedback) is worth mirroring: a
+        # client's refused request or a metadata GET says nothing about the canary.
+        if (
+            response is not None
+            and 200 <= response.status < 300
+            and req.method == b"POST"
+            and should_shadow(table, track, random.random())
+        ):
             self._start_shadow(table, req, headers, response)
         return reply
 
@@ -200,7 +211,8 @@ class Router:
     ) -> None:
         canary = table.backends["canary"]
         if self._shadow_inflight >= self.config.max_shadow_inflight:
-            self.metrics.shadow_result(canary.version, "dropped")
+            if _compared(req):
+                self.metrics.shadow_result(canary.version, "dropped")
             return
         self._shadow_inflight += 1
         task = asyncio.get_running_loop().create_task(self._shadow(table, req, headers, stable))
@@ -225,7 +237,8 @@ class Router:
             log.debug("shadow request to %s failed: %s", canary.url, exc)
         finally:
             self._shadow_inflight -= 1
-            self.metrics.shadow_result(canary.version, result)
+            if _compared(req):
+                self.metrics.shadow_result(canary.version, result)
 
     async def aclose(self) -> None:
         for task in list(self._shadow_tasks):
@@ -262,6 +275,13 @@ class Router:
 
 
 _LOCAL_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+FEEDBACK_PATH = b"/feedback"
+
+
+def _compared(req: Request) -> bool:
+    # Mirrored feedback lets a shadow canary judge its own mirrored predictions (same
+    # request ids), but the two answers are counts, not predictions: not an agreement.
+    return req.target.split(b"?", 1)[0] != FEEDBACK_PATH
 
 
 def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

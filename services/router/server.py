@@ -21,6 +21,9 @@ from .proxy import Reply, Request, error_reply
 log = logging.getLogger("mlrollout.router")
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Pipelined requests waiting behind the one being answered. Beyond this the connection
+# stops being read (TCP pushes back on the client) instead of holding bodies in memory.
+MAX_PIPELINED = 32
 _SWEEPERS: set[asyncio.Task[None]] = set()
 
 
@@ -44,6 +47,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.pending: deque[tuple[Request | Reply, bool]] = deque()
         self.busy = False
         self.discard = False
+        self.paused = False
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -107,6 +111,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self.pending.append((req, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
+        elif len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
 
     # answering
     def _refuse(self, status: int, message: str) -> None:
@@ -123,6 +130,10 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         self.busy = True
         item, keep_alive = self.pending.popleft()
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2:
+            self.paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
         if isinstance(item, Reply):
             self._write(item, keep_alive)
             return

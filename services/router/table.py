@@ -130,7 +130,9 @@ def choose(table: RoutingTable, sticky_value: str | None, force: str | None, ran
     only moves users upward); otherwise ``rand`` in [0, 1) splits by weight.
     Raises :class:`TableError` for a force value that names no backend in the table.
     """
-    if force is not None:
+    # A blank header value is no choice: an empty user id would put every anonymous
+    # client in one bucket, all on the same track whatever the weight.
+    if force is not None and force.strip():
         track = force.strip().lower()
         if track not in table.backends:
             known = ", ".join(table.backends)
@@ -141,7 +143,7 @@ def choose(table: RoutingTable, sticky_value: str | None, force: str | None, ran
         return "stable"
     if weight >= 100:
         return "canary"
-    if sticky_value is not None:
+    if sticky_value is not None and sticky_value.strip():
         return "canary" if sticky_bucket(sticky_value) < weight * (BUCKETS // 100) else "stable"
     return "canary" if rand * 100.0 < weight else "stable"
 

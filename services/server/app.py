@@ -75,6 +75,7 @@ class Holder:
     def __init__(self) -> None:
         self.dataplane: Dataplane | None = None
         self.model_name: str = ""
+        self.model_version: str = ""
         self.error: str | None = None
         self.reject: Rejecter = _no_reject
 
@@ -217,6 +218,7 @@ class ModelApp:
         parts = rest.split("/")
         # /v2/models/{name}[/versions/{v}][/ready|/infer]
         if len(parts) >= 3 and parts[1] == "versions":
+            scope["model_version"] = parts[2]
             parts = [parts[0], *parts[3:]]
         if not parts[0] or len(parts) > 2:
             return None
@@ -240,7 +242,8 @@ class ModelApp:
         except BodyError as exc:
             if exc.reason:  # a client that went away broke no input rule
                 self.holder.reject(endpoint, exc.reason, time.perf_counter() - started)
-            await _error(send, exc.status, exc.message, {"x-request-id": request_id_for(scope)})
+            headers = {"x-request-id": request_id_for(scope)}
+            await _error(send, exc.status, exc.message, headers, exc.reason or None)
             return None
 
     async def _not_ready(self, send: Send) -> None:
@@ -266,12 +269,18 @@ class ModelApp:
         body = await self._body(scope, receive, send, "infer")
         if body is None:
             return
+        if not self._version_known(scope):
+            self.holder.reject("infer", "unknown_model", 0.0)
+            message = f"version {scope['model_version']!r} is not served here"
+            await _error(send, 404, message, reason="unknown_model")
+            return
         raw_length = _header(scope, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
             if not raw_length.isdigit():
                 self.holder.reject("infer", "bad_structure", 0.0)
-                await _error(send, 400, "inference-header-content-length must be an integer")
+                message = "inference-header-content-length must be an integer"
+                await _error(send, 400, message, reason="bad_structure")
                 return
             header_length = int(raw_length)
         reply = plane.infer_v2(scope["model_name"], body, header_length=header_length)
@@ -327,13 +336,31 @@ class ModelApp:
 
     def _known(self, scope: Scope) -> bool:
         # Before the model is loaded its name is unknown; say "not ready", not "no such model".
-        return not self.holder.model_name or scope["model_name"] == self.holder.model_name
+        name_ok = not self.holder.model_name or scope["model_name"] == self.holder.model_name
+        return name_ok and self._version_known(scope)
+
+    def _version_known(self, scope: Scope) -> bool:
+        # One server is one version: another version in the path must not get this one's answer.
+        wanted = scope.get("model_version")
+        return (
+            wanted is None or not self.holder.model_version or wanted == self.holder.model_version
+        )
 
 
 async def _error(
-    send: Send, status: int, message: str, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> None:
-    await send_reply(send, status, _json({"error": message}), headers)
+    # Refused input has the dataplane's body shape; 404/405/503 name no input rule.
+    doc = (
+        {"error": message}
+        if reason is None
+        else {"error": message, "reason": reason, "field": None}
+    )
+    await send_reply(send, status, _json(doc), headers)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -19,7 +19,11 @@ Choices that keep the per-request cost low (measured in docs/serving.md):
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, cast
@@ -61,6 +65,7 @@ def load_into(target: Holder, current: Settings) -> None:
         logger.error("%s", target.error)
         return
     target.model_name = plane.name
+    target.model_version = plane.version
     target.reject = rejecter(plane)
     target.dataplane = plane
     logger.info("model %s %s ready in %.2fs", plane.name, plane.version, time.monotonic() - started)
@@ -91,6 +96,7 @@ class ModelServer:
     """Starts loading on construction; ``/readyz`` turns 200 once the model is warm."""
 
     def __init__(self) -> None:
+        _die_with_supervisor()
         self._loader = threading.Thread(
             target=load_into, args=(holder, settings), name="model-loader", daemon=True
         )
@@ -99,6 +105,27 @@ class ModelServer:
     async def __is_ready__(self) -> bool:
         return holder.ready
 
+
+def _die_with_supervisor() -> None:
+    """Have the kernel SIGTERM this worker when its supervisor dies, even by SIGKILL.
+
+    BentoML starts workers in sessions of their own, so a killed ``mlrollout serve``
+    would leave a worker answering on the port with the old model (Linux only; in
+    Kubernetes the container's end takes every process with it anyway).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    supervisor = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: keep serving, as before
+        return
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 service = cast("bentoml.Service[ModelServer]", ModelServer)
 service.add_asgi_middleware(FastPath, model_app=app)  # type: ignore[arg-type]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 from mlrollout.services.netutil import free_port
-from mlrollout.services.router.proxy import Router, RouterConfig
+from mlrollout.services.router.proxy import Reply, Request, Router, RouterConfig
 from mlrollout.services.router.server import start_server
 from mlrollout.services.router.testing import FakeBackend, table_doc
 from prometheus_client.parser import text_string_to_metric_families
@@ -105,6 +106,20 @@ async def test_headers_say_who_answered_and_carry_the_request_id(rig_factory) ->
     first = (await rig.client.post("/predict", content=b"[1]")).headers["x-request-id"]
     second = (await rig.client.post("/predict", content=b"[1]")).headers["x-request-id"]
     assert first and second and first != second
+
+
+@pytest.mark.parametrize("given", ["hello world", "a" * 129, "", "naïve", "x/y"])
+async def test_an_id_the_model_server_would_not_keep_is_replaced(rig_factory, given: str) -> None:  # type: ignore[no-untyped-def]
+    # The model server keeps only 1-128 of [A-Za-z0-9._:-] and makes its own id otherwise;
+    # the router must not answer with an id the prediction was not stored under.
+    rig = await rig_factory()
+    rig.load(1, 0, canary=False)
+    headers = {"x-request-id": given.encode("utf-8")}
+    resp = await rig.client.post("/predict", content=b"[1]", headers=headers)
+    rid = resp.headers["x-request-id"]
+    assert rid != given.encode("utf-8").decode("latin-1")
+    assert resp.headers["x-seen-request-id"] == rid
+    assert re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", rid)
 
 
 async def test_force_header(rig_factory) -> None:  # type: ignore[no-untyped-def]
@@ -299,3 +314,96 @@ async def test_idle_client_connections_are_closed() -> None:
     finally:
         server.close()
         await router.aclose()
+
+
+class _Transport:
+    """Just enough of an asyncio transport to watch the server's flow control."""
+
+    def __init__(self) -> None:
+        self.reading, self.written, self.closed = True, b"", False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_pipelining_client_cannot_queue_without_bound() -> None:
+    from mlrollout.services.router.server import HttpServerProtocol
+
+    release = asyncio.Event()
+
+    class Slow:
+        async def handle(self, req: Request) -> Reply:
+            await release.wait()
+            return Reply(200, [], b"ok")
+
+    proto = HttpServerProtocol(Slow(), 1 << 20, set())
+    transport = _Transport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    one = b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\n1"
+    for _ in range(500):  # one request per read, as a client streaming them would arrive
+        if transport.reading:
+            proto.data_received(one)
+    # The backend is stuck: the router stopped reading instead of queueing 500 bodies.
+    assert not transport.reading
+    assert len(proto.pending) < 100
+    release.set()
+    for _ in range(200):  # bounded: let the queued requests be answered
+        await asyncio.sleep(0)
+        if transport.reading:
+            break
+    assert transport.reading  # drained below the bound: reading again
+    assert transport.written.count(b"HTTP/1.1 200") > 0
+
+
+class _ModelLike:
+    """A backend shaped like a model server: predictions, feedback counts, refusals."""
+
+    def __init__(self, correct: int) -> None:
+        self.correct = correct
+
+    async def handle(self, req: Request) -> Reply:
+        if req.target == b"/feedback":
+            doc: dict[str, object] = {"correct": self.correct, "incorrect": 0, "unmatched": 0}
+        elif req.target == b"/predict" and req.body != b"bad":
+            doc = {"predictions": [1], "request_id": str(self.correct)}
+        else:
+            return Reply(422, [(b"content-type", b"application/json")], b'{"error": "no"}')
+        return Reply(200, [(b"content-type", b"application/json")], json.dumps(doc).encode())
+
+
+async def test_shadow_agreement_counts_only_answers_with_predictions() -> None:
+    # Mirrored feedback and client errors are no prediction disagreement: counting them
+    # would fail a canary that predicts exactly like stable.
+    ports = {"stable": free_port(), "canary": free_port(), "router": free_port()}
+    router = Router(RouterConfig())
+    servers = [
+        await start_server(_ModelLike(1), "127.0.0.1", ports["stable"]),
+        await start_server(_ModelLike(0), "127.0.0.1", ports["canary"]),
+        await start_server(router, "127.0.0.1", ports["router"]),
+    ]
+    rig = Rig(router, httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['router']}"), ports)
+    try:
+        rig.load(1, 0, shadowPercent=100)
+        for path, body in [("/predict", b"[1]"), ("/feedback", b"{}"), ("/predict", b"bad")] * 3:
+            await rig.client.post(path, content=body)
+        await asyncio.gather(*router._shadow_tasks)
+        assert rig.metric("mlrollout_router_shadow_total", result="agree") == 3
+        assert rig.metric("mlrollout_router_shadow_total", result="disagree") == 0
+        assert rig.metric("mlrollout_router_shadow_total", result="error") == 0
+    finally:
+        await rig.client.aclose()
+        await router.aclose()
+        for server in servers:
+            server.close()

@@ -102,6 +102,7 @@ def plane() -> FakePlane:
 def app(plane: FakePlane) -> ModelApp:
     holder = Holder()
     holder.dataplane, holder.model_name, holder.reject = plane, plane.name, plane.reject
+    holder.model_version = "3"
     return ModelApp(holder, max_body_bytes=LIMIT)
 
 
@@ -153,7 +154,9 @@ def test_http_level_bad_input_is_a_4xx_counted_by_reason(
 ) -> None:
     got, _, payload = call(app, method, path, body, headers)
     assert got == status
-    assert json.loads(payload)["error"]
+    doc = json.loads(payload)
+    # The same body shape as the dataplane's refusals (docs/metrics.md).
+    assert doc["error"] and (doc["reason"], doc["field"]) == (reason, None)
     assert plane.rejected == [(path.split("/")[-1] if path != "/predict" else "predict", reason)]
     assert plane.calls == []
 
@@ -181,7 +184,10 @@ def test_body_limit_holds_for_a_chunked_body_without_content_length(
         ("GET", "/v2/models/other/ready", 404),
         ("GET", "/v2/models/iris", 200),
         ("GET", "/v2/models/iris/ready", 200),
-        ("GET", "/v2/models/iris/versions/7/ready", 200),
+        ("GET", "/v2/models/iris/versions/3/ready", 200),
+        ("GET", "/v2/models/iris/versions/7/ready", 404),  # this server is version 3 only
+        ("GET", "/v2/models/iris/versions/7", 404),
+        ("POST", "/v2/models/iris/versions/7/infer", 404),
         ("GET", "/v2/health/live", 200),
         ("GET", "/v2/health/ready", 200),
         ("GET", "/v2", 200),
