@@ -41,7 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     BENTOML_HOME=/tmp/bentoml \
-    MLROLLOUT_CACHE_DIR=/var/cache/mlrollout
+    MLROLLOUT_CACHE=/var/cache/mlrollout
 USER 65532:65532
 EXPOSE 8080
 # No ENTRYPOINT: the operator's pods pass the whole command line (`mlrollout serve ...`).

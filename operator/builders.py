@@ -48,6 +48,11 @@ TMP_DIR = "/tmp"
 NON_ROOT_UID = 65532
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A ModelDeployment's name prefixes every child's: the longest is ``{md}-{10-hex revision}``
+# (63 at most), and Services named after it must be DNS-1035 labels (start with a letter).
+REVISION_ID_LENGTH = 10
+MAX_OWNER_NAME = 63 - 1 - REVISION_ID_LENGTH
+OWNER_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 Obj = dict[str, Any]
 
 
@@ -113,6 +118,17 @@ def check_name(name: str, what: str = "name") -> str:
             "digits and '-', starting and ending with a letter or digit"
         )
     return name
+
+
+def check_owner_name(md: str) -> str:
+    """Return ``md`` if every child can be named after it, else raise BuildError."""
+    if len(md) > MAX_OWNER_NAME or not re.match(OWNER_NAME_PATTERN, md):
+        raise BuildError(
+            f"ModelDeployment name {md!r} cannot name its Services and Deployments: use at "
+            f"most {MAX_OWNER_NAME} lowercase letters, digits and '-', starting with a letter "
+            "and ending with a letter or digit"
+        )
+    return md
 
 
 def revision_name(md: str, revision: str) -> str:
@@ -220,7 +236,7 @@ def revision_deployment(owner: Owner, model: ModelRef, serving: Serving, track: 
         "MODEL_URI": model.uri,
         "MLROLLOUT_DEPLOYMENT": md,
         "MLROLLOUT_TRACK": track,
-        "MLROLLOUT_CACHE_DIR": CACHE_DIR,
+        "MLROLLOUT_CACHE": CACHE_DIR,
         "BENTOML_HOME": f"{TMP_DIR}/bentoml",
         "HOME": TMP_DIR,
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlrollout.operator import builders
 from mlrollout.operator import model as m
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
@@ -54,6 +55,7 @@ _KEEP = {
     "required",
     "additionalProperties",
     "x-kubernetes-validations",
+    "x-kubernetes-int-or-string",
 }
 
 
@@ -74,6 +76,21 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         return PydanticUndefined if default is PydanticUndefined else default
 
 
+# Children are named after the ModelDeployment (builders.check_owner_name): refuse names
+# they cannot carry at the API server. A schema on metadata.name (the one metadata
+# restriction structural schemas allow) rather than CEL: `matches` on the unbounded name
+# would blow CEL's estimated cost budget.
+NAME_SCHEMA = {
+    "type": "string",
+    "description": (
+        f"At most {builders.MAX_OWNER_NAME} lowercase letters, digits and '-', starting with a "
+        "letter: Services and Deployments are named after it."
+    ),
+    "maxLength": builders.MAX_OWNER_NAME,
+    "pattern": builders.OWNER_NAME_PATTERN,
+}
+
+
 def _rules_by_name() -> dict[str, list[dict[str, str]]]:
     return {cls.__name__: rules for cls, rules in m.CEL_RULES.items()}
 
@@ -89,6 +106,8 @@ def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
             target["x-kubernetes-validations"] = rules[name]
         target.update({k: _convert(v, defs, rules) for k, v in node.items() if k in _KEEP})
         return _clean(target)
+    if node.get("x-kubernetes-int-or-string"):
+        return {k: v for k, v in node.items() if k in _KEEP or k == "anyOf"}
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:
@@ -194,7 +213,11 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind."},
-                                "metadata": {"type": "object", "description": "Object metadata."},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Object metadata.",
+                                    "properties": {"name": NAME_SCHEMA},
+                                },
                                 "spec": spec,
                                 "status": status,
                             },

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from mlrollout.operator import builders as b
 from mlrollout.operator import opmetrics
+from mlrollout.operator.decide import decide_invalid
 from mlrollout.operator.interfaces import (
     DeploymentKey,
     Event,
@@ -36,7 +37,7 @@ from mlrollout.operator.interfaces import (
     TrafficRouter,
 )
 from mlrollout.operator.model import Traffic
-from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.operator.reconcile import ReconcileResult, load_status, reconcile
 from mlrollout.operator.settings import OperatorSettings
 from pydantic import ValidationError
 
@@ -139,16 +140,20 @@ def reconcile_object(
         owner = b.Owner(name=name, namespace=namespace, uid=uid)
         traffic = _traffic(spec)
         try:
-            result = deps.reconcile(
-                DeploymentKey(namespace, name),
-                spec,
-                current,
-                deps.clock(),
-                runtime=deps.plugins.runtime(owner, traffic, emit),
-                router=deps.plugins.router(owner, traffic),
-                metrics=deps.metrics,
-                generation=meta.get("generation"),
-            )
+            bad_name = _name_problem(name)
+            if bad_name is not None:
+                result = _invalid(current, bad_name, deps.clock(), meta.get("generation"), emit)
+            else:
+                result = deps.reconcile(
+                    DeploymentKey(namespace, name),
+                    spec,
+                    current,
+                    deps.clock(),
+                    runtime=deps.plugins.runtime(owner, traffic, emit),
+                    router=deps.plugins.router(owner, traffic),
+                    metrics=deps.metrics,
+                    generation=meta.get("generation"),
+                )
         except Exception:
             opmetrics.analysis_error(namespace, name)
             memory.due = 0.0
@@ -166,10 +171,55 @@ def reconcile_object(
         memory.lock.release()
 
 
+def _name_problem(name: str) -> str | None:
+    try:
+        b.check_owner_name(name)
+    except b.BuildError as exc:
+        return str(exc)
+    return None
+
+
+def _invalid(
+    current: Mapping[str, Any], message: str, now: datetime, generation: int | None, emit: Emit
+) -> ReconcileResult:
+    """Children cannot be named after the object: say so in status, touch nothing (the API
+    server would refuse every child, and retrying would never help)."""
+    decision = decide_invalid(load_status(current), message, now, generation)
+    for event in decision.events:
+        emit(event)
+    return ReconcileResult(
+        status=decision.status.to_json(),
+        events=decision.events,
+        requeue_after=decision.requeue_after,
+        decision=decision,
+    )
+
+
+# Engine events that already say what a phase change means; other events (analysis
+# summaries, ignored controls) accompany a change without announcing it.
+PHASE_EVENTS = frozenset(
+    {
+        "Deploying",
+        "Deployed",
+        "RolloutStarted",
+        "StepAdvanced",
+        "Promoted",
+        "RolledBack",
+        "Aborted",
+        "Superseded",
+        "Retry",
+        "InvalidSpec",
+        "ProgressDeadlineExceeded",
+        "StableNotReady",
+        "AnalysisUnavailable",
+    }
+)
+
+
 def _announce(old: Mapping[str, Any], result: ReconcileResult, emit: Emit) -> None:
     """Every phase change gets an Event, even one the engine did not explain."""
     before, after = old.get("phase"), result.status.get("phase")
-    if before != after and not result.events:
+    if before != after and not any(e.reason in PHASE_EVENTS for e in result.events):
         message = f"phase {before or 'none'} -> {after}"
         if after in ("RolledBack", "Degraded", "InvalidSpec"):
             emit(Event(type="Warning", reason=str(after), message=message))

@@ -24,7 +24,7 @@ from typing import Any
 
 from mlrollout.operator import builders as b
 from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, RevisionState
-from mlrollout.operator.kube import Kube, is_subset
+from mlrollout.operator.kube import Kube, KubeError, is_subset
 from mlrollout.operator.model import Gateway, ModelRef, Serving, Traffic
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,53 @@ class KubeRuntime:
             return
         for obj in objs:
             self.kube.apply(obj)
+        if seen is None or seen[0] != digest:  # start-up or a spec change: maybe a new path
+            self._remove_other_path()
         self.shared_seen[self.owner.uid] = (digest, now)
+
+    def _remove_other_path(self) -> None:
+        """Delete what the other ``traffic.router`` made, so traffic has one way in.
+
+        Left behind, an HTTPRoute keeps gateway traffic on frozen weights (towards Services a
+        later promotion deletes) and a router keeps serving a stale table.
+        """
+        md, ns = self.owner.name, self.owner.namespace
+        if self.traffic.router == "builtin":
+            leftovers = [("HTTPRoute", md)]
+        else:
+            router = f"{md}-router"
+            leftovers = [
+                ("Deployment", router),
+                ("RoleBinding", router),
+                ("Role", router),
+                ("ServiceAccount", router),
+                ("Service", md),
+                ("ConfigMap", b.routes_configmap_name(md)),
+            ]
+        for kind, name in leftovers:
+            try:
+                current = self.kube.get(kind, ns, name)
+            except KubeError as exc:
+                if exc.status == 403:  # no rights on the kind (HTTPRoute): we made none
+                    continue
+                raise
+            if current is not None and _owned_by(current, self.owner.uid):
+                log.info(
+                    "deleting %s %s/%s: traffic.router is now %s",
+                    kind,
+                    ns,
+                    name,
+                    self.traffic.router,
+                )
+                self.kube.delete(kind, ns, name)
 
     def record(self, deployment: DeploymentKey, event: Event) -> None:
         self.emit(event)
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid for r in refs)
 
 
 def sync_track_services(kube: Kube, owner: b.Owner, table: Mapping[str, Any]) -> dict[str, str]:

@@ -11,6 +11,7 @@ special casing and a create answered with any 2xx still returns the object.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import urllib3
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+APPLIED_HASH = "mlrollout.io/applied-hash"
 
 
 class KubeError(Exception):
@@ -219,21 +221,32 @@ class Kube:
         ``current`` (from an earlier list) saves a GET; an object already matching is not
         written at all. A create racing another writer (409) falls back to a patch.
         """
-        kind, meta = obj["kind"], obj["metadata"]
+        desired = _stamped(obj)
+        kind, meta = desired["kind"], desired["metadata"]
         if current is None:
             current = self.get(kind, meta["namespace"], meta["name"])
         if current is None:
             try:
-                return self.create(obj)
+                return self.create(desired)
             except Conflict:
                 current = self.get(kind, meta["namespace"], meta["name"]) or {}
-        if is_subset(_writable(obj), current):
+        if is_subset(desired, current):
             return dict(current)
-        return self.merge_patch(kind, meta["namespace"], meta["name"], _writable(obj))
+        return self.merge_patch(kind, meta["namespace"], meta["name"], desired)
 
 
-def _writable(obj: Mapping[str, Any]) -> Obj:
-    return {k: v for k, v in obj.items() if k != "status"}
+def _stamped(obj: Mapping[str, Any]) -> Obj:
+    """``obj`` without status, annotated with a digest of itself.
+
+    ``is_subset`` ignores fields the server added, so on its own it also ignores a field
+    we stopped sending (a removed resource limit inside a container). The digest changes
+    then, so the object is patched and merge-patch replaces the lists it holds.
+    """
+    body = {k: v for k, v in obj.items() if k != "status"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    meta = dict(body["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: digest}
+    return {**body, "metadata": meta}
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

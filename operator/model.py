@@ -19,10 +19,20 @@ import math
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasGenerator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import WithJsonSchema
 
 GROUP = "mlrollout.io"
 VERSION = "v1alpha1"
@@ -116,15 +126,90 @@ class Autoscaling(_Spec):
         return self
 
 
+# Kubernetes quantities as strings ("500m", "1.5Gi", "1e9"); the API server refuses others
+# only when the operator creates the Deployment, too late for a clear status.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_SUFFIX = {
+    **{"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0},
+    **{s: 1000.0**i for i, s in enumerate("kMGTPE", 1)},
+    **{s + "i": 1024.0**i for i, s in enumerate("KMGTPE", 1)},
+}
+_STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def parse_quantity(text: str) -> float:
+    """The value of a Kubernetes quantity ("500m" -> 0.5, "1Gi" -> 1073741824.0)."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"invalid quantity {text!r}: use e.g. 500m, 2, 256Mi, 1Gi")
+    number, suffix = match.group(1), match.group(3) or ""
+    if suffix[:1] in ("e", "E"):
+        return float(number + suffix)
+    return float(number) * _SUFFIX[suffix]
+
+
+def _quantity(text: str) -> str:
+    parse_quantity(text)
+    return text
+
+
+def _quantity_text(value: object) -> object:
+    # YAML users write `cpu: 2` and `nvidia.com/gpu: 1`, as in any Deployment.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# In the CRD: int-or-string with the pattern (the shape Kubernetes uses for quantities);
+# locally the validator gives the clearer message.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_text),
+    AfterValidator(_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+        }
+    ),
+]
+
+
+def _resource_name_ok(name: str) -> bool:
+    # What a container may request: the standard names, hugepages, or an extended resource
+    # with a domain (nvidia.com/gpu).
+    return name in _STANDARD_RESOURCES or name.startswith("hugepages-") or "/" in name
+
+
 class Resources(_Spec):
-    requests: dict[str, str] = Field(
+    requests: dict[str, Quantity] = Field(
         default_factory=lambda: {"cpu": "100m", "memory": "256Mi"},
         description="Resource requests per model server container (Kubernetes quantities).",
     )
-    limits: dict[str, str] = Field(
+    limits: dict[str, Quantity] = Field(
         default_factory=lambda: {"memory": "1Gi"},
-        description="Resource limits per model server container (Kubernetes quantities).",
+        description=(
+            "Resource limits per model server container (Kubernetes quantities). Replaced "
+            "whole when set; a request may not exceed its limit."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for kind, values in (("requests", self.requests), ("limits", self.limits)):
+            bad = [n for n in values if not _resource_name_ok(n)]
+            if bad:
+                raise ValueError(
+                    f"resources.{kind}: unknown resource name {bad[0]!r} (use cpu, memory, "
+                    "ephemeral-storage, hugepages-<size> or a domain-qualified name)"
+                )
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(
+                    f"resources: requests.{name} {request} is more than limits.{name} {limit}"
+                )
+        return self
 
 
 class EnvVar(_Spec):
@@ -392,6 +477,18 @@ class Analysis(_Spec):
     )
     metrics: Metrics = Field(default_factory=Metrics, description="The checks to run.")
 
+    @model_validator(mode="after")
+    def _positive_durations(self) -> Analysis:
+        # 0s would mean a hot analysis loop, queries over no time, or every answer stale.
+        for name, text in (
+            ("interval", self.interval),
+            ("window", self.window),
+            ("maxStaleness", self.max_staleness),
+        ):
+            if parse_duration(text) <= 0:
+                raise ValueError(f"rollout.analysis.{name} must be longer than 0s")
+        return self
+
 
 class Rollout(_Spec):
     steps: list[Step] = Field(
@@ -409,6 +506,13 @@ class Rollout(_Spec):
         ),
     )
     analysis: Analysis = Field(default_factory=Analysis, description="How the canary is judged.")
+
+    @model_validator(mode="after")
+    def _deadline_positive(self) -> Rollout:
+        # 0s would roll back every canary before it could start.
+        if parse_duration(self.progress_deadline) <= 0:
+            raise ValueError("rollout.progressDeadline must be longer than 0s")
+        return self
 
     @model_validator(mode="after")
     def _steps_non_decreasing(self) -> Rollout:
@@ -541,7 +645,18 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         {
             "rule": "self.steps.map(s, s.weight).isSorted()",
             "message": "steps weights must be non-decreasing",
+        },
+        {
+            "rule": "duration(self.progressDeadline) > duration('0s')",
+            "message": "progressDeadline must be longer than 0s",
+        },
+    ],
+    Analysis: [
+        {
+            "rule": f"duration(self.{name}) > duration('0s')",
+            "message": f"{name} must be longer than 0s",
         }
+        for name in ("interval", "window", "maxStaleness")
     ],
     Traffic: [
         {

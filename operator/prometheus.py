@@ -48,8 +48,10 @@ class PrometheusProvider:
         return _parse(body, self.base_url, promql)
 
     def is_online(self) -> bool:
+        # A trivial query rather than /-/ready: Prometheus-compatible backends (Thanos,
+        # Mimir under /prometheus, ...) all answer the query API, not all the probe.
         try:
-            self._get("/-/ready", timeout=min(self.timeout, 2.0))
+            self._get("/api/v1/query?query=1", timeout=min(self.timeout, 2.0))
         except ProviderError:
             return False
         return True

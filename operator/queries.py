@@ -59,6 +59,22 @@ def render_custom(query: str, *, deployment: str, namespace: str, version: str) 
     return query
 
 
+def freshness_query(analysis: Analysis, canary_selector: str) -> str:
+    """Seconds since the canary's last scrape.
+
+    A scrape that stops (target gone, series dropped) leaves stale markers, so a plain
+    ``timestamp(selector)`` goes empty at once and would read as "never scraped" (noData,
+    held forever). The subquery remembers the last sample over a horizon long enough for
+    ``onProviderError.maxHold`` to run out; the plain selector still answers for series
+    younger than one subquery step.
+    """
+    staleness = parse_duration(analysis.max_staleness)
+    horizon = max(3600, round(parse_duration(analysis.on_provider_error.max_hold) + 2 * staleness))
+    step = min(30, max(1, round(staleness / 4)))
+    ready = f"timestamp(mlrollout_model_ready{canary_selector})"
+    return f"time() - max({ready} or max_over_time({ready}[{horizon}s:{step}s]))"
+
+
 def analysis_queries(
     analysis: Analysis, deployment: str, namespace: str, stable_version: str, canary_version: str
 ) -> dict[str, str]:
@@ -72,7 +88,7 @@ def analysis_queries(
         return selector(deployment, namespace, versions[track])
 
     canary = sel("canary")
-    out[FRESHNESS] = f"time() - max(timestamp(mlrollout_model_ready{canary}))"
+    out[FRESHNESS] = freshness_query(analysis, canary)
     for track in ("stable", "canary"):
         base = sel(track)[:-1] + "," + _regex("endpoint", PREDICT_ENDPOINTS) + "}"
         out[REQUESTS.format(track=track)] = (

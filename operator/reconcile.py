@@ -55,12 +55,24 @@ class ReconcileResult:
 
 
 def load_status(raw: Mapping[str, Any] | None) -> ModelDeploymentStatus:
-    """Status as stored; unreadable status restarts from empty rather than crash-looping."""
-    try:
-        return ModelDeploymentStatus.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        log.warning("status unreadable, starting from an empty status: %s", exc)
-        return ModelDeploymentStatus()
+    """Status as stored, without the top-level fields that do not validate.
+
+    Dropping only the unreadable fields (say a phase written by a newer operator) keeps
+    stable and canary: restarting from an empty status would make the canary's model the
+    first deployment, promoted without analysis. Never crash-loops on bad status.
+    """
+    data = dict(raw or {})
+    for _ in range(len(data) + 1):  # each round drops at least one key
+        try:
+            return ModelDeploymentStatus.model_validate(data)
+        except ValidationError as exc:
+            bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+            if not bad & data.keys():
+                break
+            log.warning("status fields %s unreadable, dropping them: %s", sorted(bad), exc)
+            data = {k: v for k, v in data.items() if k not in bad}
+    log.warning("status unreadable, starting from an empty status")
+    return ModelDeploymentStatus()
 
 
 def reconcile(

@@ -8,6 +8,7 @@ variable, rather than a crash-looping pod with a traceback.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,6 +82,8 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(PREFIX + name) or default
     if not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{PREFIX}{name}={raw!r} must start with http:// or https://")
+    if not urllib.parse.urlparse(raw).hostname:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} has no host (e.g. http://prometheus:9090)")
     return raw.rstrip("/")
 
 

@@ -261,14 +261,29 @@ def _prediction_drift(analysis: Analysis, results: Results) -> Verdict:
     canary = _by_label(results, q.PREDICTION_BINS.format(track="canary"), "bin")
     stable = _by_label(results, q.PREDICTION_BINS.format(track="stable"), "bin")
     n_c, n_s = round(sum(canary.values())), round(sum(stable.values()))
-    if min(n_c, n_s) < analysis.min_samples:
+    if n_c < analysis.min_samples:
         return Verdict(
             check="predictionDrift",
             outcome="noData",
             threshold=spec.max_psi,
             samples=n_c,
-            message=f"too few predictions to compare (canary {n_c}, stable {n_s}; "
-            f"need {analysis.min_samples} each)",
+            message=f"too few canary predictions to compare ({n_c}, need "
+            f"{analysis.min_samples}): holding the step",
+        )
+    if n_s < analysis.min_samples:
+        # A step at 100% leaves stable no traffic: holding would never end, and earlier
+        # steps made the comparison (as for errorRateVsStable). A stable that served
+        # traffic but exported too few predictions is missing data, not idle: hold.
+        _, served = _counts(results, "stable")
+        idle = served < analysis.min_samples
+        return Verdict(
+            check="predictionDrift",
+            outcome="pass" if idle else "noData",
+            threshold=spec.max_psi,
+            samples=n_c,
+            message=f"stable has too few predictions to compare ({n_s} from {served} "
+            f"requests, need {analysis.min_samples})"
+            + ("; it serves no traffic at this step" if idle else ": holding the step"),
         )
     value = stats.psi(stable, canary)
     ok = value <= spec.max_psi

@@ -188,6 +188,16 @@ def _settle(w: Work, spec: ModelDeploymentSpec) -> float:
             return WAIT_READY_SECONDS
     wanted_id = revision_id(spec.model)
     rejected = next((r for r in st.rejected_revisions if r.revision == wanted_id), None)
+    if not st.stable_ready:
+        # Also after a rollback: a stable that cannot serve outranks the rejection.
+        also = f"; {rejected.version} was rolled back ({rejected.reason})" if rejected else ""
+        set_phase(
+            w,
+            Phase.DEGRADED,
+            f"stable {st.stable.version} is not ready{also}",
+            warn="StableNotReady",
+        )
+        return WAIT_READY_SECONDS
     if rejected is not None:
         set_phase(
             w,
@@ -195,13 +205,8 @@ def _settle(w: Work, spec: ModelDeploymentSpec) -> float:
             f"{rejected.version} was rolled back ({rejected.reason}); stable {st.stable.version} "
             "serves. Change spec.model or set a new spec.controls.retry token to try again.",
         )
-    elif st.stable_ready:
-        set_phase(w, Phase.HEALTHY, f"{st.stable.version} is serving")
     else:
-        set_phase(
-            w, Phase.DEGRADED, f"stable {st.stable.version} is not ready", warn="StableNotReady"
-        )
-        return WAIT_READY_SECONDS
+        set_phase(w, Phase.HEALTHY, f"{st.stable.version} is serving")
     return float("inf")
 
 

@@ -64,7 +64,7 @@ def prepare(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datet
     w = Work(status, now)
     st, ctl, seen = w.st, spec.controls, w.st.controls
     wanted_id = revision_id(spec.model)
-    abort = False
+    abort = promote_now = resume_now = False
     if new_token(ctl.retry, seen.retry):
         seen.retry = ctl.retry
         before = len(st.rejected_revisions)
@@ -78,10 +78,10 @@ def prepare(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datet
         abort = True
     if new_token(ctl.promote, seen.promote):
         seen.promote = ctl.promote
-        seen.promote_pending = True
+        seen.promote_pending = promote_now = True
     if new_token(ctl.resume, seen.resume):
         seen.resume = ctl.resume
-        seen.resume_pending = True
+        seen.resume_pending = resume_now = True
 
     rejected = {r.revision for r in st.rejected_revisions}
     if st.stable is None or (st.canary is None and not has_served(st)):
@@ -120,6 +120,11 @@ def prepare(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datet
         else:
             w.event("Normal", "AbortIgnored", "controls.abort: no canary to abort")
     if st.canary is None:
+        # A token is spent even when there is nothing to act on; say so, as for abort.
+        if promote_now:
+            w.event("Normal", "PromoteIgnored", "controls.promote: no canary to promote")
+        if resume_now:
+            w.event("Normal", "ResumeIgnored", "controls.resume: no canary to resume")
         seen.promote_pending = False
         seen.resume_pending = False
     return w

@@ -146,6 +146,27 @@ def test_scalar_and_freshness(prometheus: str) -> None:
     assert 0 <= age.value < 30
 
 
+def test_a_scrape_that_stops_is_stale_not_never_scraped(
+    prometheus: str, exporter: Exporter
+) -> None:
+    # A series that leaves a scrape gets a stale marker, exactly as when the target dies:
+    # the plain selector goes empty at once, which read as "never scraped" (noData) and held
+    # forever, past onProviderError.maxHold.
+    provider = PrometheusProvider(prometheus)
+    cfg = Analysis.model_validate({"maxStaleness": "2s"})
+    freshness = q.analysis_queries(cfg, "fraud", "team-a", "v1", "v3")[q.FRESHNESS]
+
+    def outcomes() -> set[str]:
+        results = {q.FRESHNESS: provider.query(freshness, _now())}
+        verdicts = analysis.evaluate(cfg, results)
+        return {"stale" if "stale" in v.message else v.outcome for v in verdicts}
+
+    exporter.ready.labels("fraud", "fraud", "v3", "canary").set(1)
+    _eventually(lambda: len(provider.query(freshness, _now())) == 1)
+    exporter.ready.remove("fraud", "fraud", "v3", "canary")
+    _eventually(lambda: outcomes() == {"stale"})
+
+
 def test_every_analysis_query_runs_on_real_prometheus(prometheus: str) -> None:
     provider = PrometheusProvider(prometheus)
     cfg = Analysis.model_validate(
@@ -256,3 +277,28 @@ def test_slow_server_times_out(fake_server: Callable[[int, bytes, float], str]) 
 def test_bad_url_is_rejected_early(url: str) -> None:
     with pytest.raises(ValueError, match="http"):
         PrometheusProvider(url)
+
+
+def test_a_prometheus_compatible_api_without_ready_endpoint_is_online() -> None:
+    # Mimir/Cortex serve the query API under a prefix and have no /-/ready there: being
+    # "offline" would hold every canary forever.
+    answer = b'{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}'
+
+    class QueryOnly(_Fake):
+        def do_GET(self) -> None:
+            if self.path.startswith("/prometheus/api/v1/query?"):
+                self.status, self.body = 200, answer
+            else:
+                self.status, self.body = 404, b"404 page not found"
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QueryOnly)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = PrometheusProvider(f"http://127.0.0.1:{server.server_address[1]}/prometheus")
+        assert provider.is_online()
+        assert provider.query("vector(1)", _now())[0].value == 1.0
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -327,3 +327,16 @@ def test_first_reconcile_starts_the_stable_revision_and_routes_to_it() -> None:
     assert plugins.routers[0].table is not None
     assert plugins.routers[0].table["weights"] == {"stable": 100}
     assert patch["status"]["observedGeneration"] == 3
+
+
+def test_phase_change_explained_by_no_engine_event_still_gets_one() -> None:
+    # Progressing -> Paused comes with AnalysisPassed only; a manual pause waits for a
+    # human, so the phase change itself must be announced.
+    events: list[Event] = []
+    passed = Event(type="Normal", reason="AnalysisPassed", message="errorRate pass")
+    paused = {**PROGRESSING, "phase": "Paused"}
+    deps, _, _ = make_deps(Scripted(result(paused, events=(passed,))))
+    h.reconcile_object(
+        deps, body=body(PROGRESSING), patch=kopf.Patch(), emit=events.append, reason="timer"
+    )
+    assert events == [Event(type="Normal", reason="Paused", message="phase Progressing -> Paused")]

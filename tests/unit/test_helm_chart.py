@@ -402,3 +402,9 @@ def test_packaged_chart_renders_the_same(chart: helm.Chart, tmp_path: Path) -> N
     values = _load(CHART / "ci" / "monitoring-values.yaml")
     with helm.Chart.load(archive) as packaged:
         assert render(packaged, values) == render(chart, values)
+
+
+def test_one_port_for_metrics_and_health_is_refused(chart: helm.Chart) -> None:
+    # Both servers would bind it: the operator would crash-loop instead of failing the install.
+    with pytest.raises(helm.HelmError, match=r"metricsPort and operator\.healthPort"):
+        render(chart, {"operator": {"metricsPort": 8080, "healthPort": 8080}})

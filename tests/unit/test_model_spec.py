@@ -82,6 +82,27 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "min must be <= max",
         "min must be <= max",
     ),
+    # Zero durations: a hot analysis loop, queries over nothing, every canary rolled back.
+    (
+        with_(rollout={"analysis": {"interval": "0s"}}),
+        "analysis.interval must be longer than 0s",
+        "interval must be longer than 0s",
+    ),
+    (
+        with_(rollout={"analysis": {"window": "0ms"}}),
+        "analysis.window must be longer than 0s",
+        "window must be longer than 0s",
+    ),
+    (
+        with_(rollout={"analysis": {"maxStaleness": "0m"}}),
+        "analysis.maxStaleness must be longer than 0s",
+        "maxStaleness must be longer than 0s",
+    ),
+    (
+        with_(rollout={"progressDeadline": "0s"}),
+        "rollout.progressDeadline must be longer than 0s",
+        "progressDeadline must be longer than 0s",
+    ),
     (with_(rollout={"steps": [{"weight": 101}]}), "less than or equal to 100", None),
     (with_(rollout={"steps": []}), "at least 1 item", None),
     (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "pattern", None),

@@ -240,3 +240,37 @@ def test_operator_refuses_bad_settings_with_one_line(tmp_path: Any) -> None:
     )
     assert out.returncode != 0
     assert "MLROLLOUT_TICK_SECONDS='often' is not a number" in out.stderr
+
+
+def test_switching_the_router_type_removes_the_other_path(cluster: Any, kube: Kube) -> None:
+    # Left behind, an HTTPRoute keeps sending gateway traffic with frozen weights (to
+    # Services that a later promotion deletes); a router keeps a stale table.
+    ns = "plugins-switch"
+    owner = owner_in(kube, ns)
+    key = DeploymentKey(ns, "m")
+    gateway = Traffic.model_validate(
+        {"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "public"}]}}
+    )
+    table = {
+        "generation": 1,
+        "deployment": "m",
+        "backends": {"stable": {"url": b.revision_url(owner, "r1"), "version": "1"}},
+        "weights": {"stable": 100},
+        "stickyHeader": None,
+        "shadowPercent": 0,
+    }
+    shared = {"Deployment": "m-router", "Service": "m", "ServiceAccount": "m-router"}
+
+    kr.KubeRuntime(kube, owner, Traffic(), lambda e: None).ensure_revisions(key, {"r1": spec("1")})
+    kr.make_router(kube, owner, Traffic()).set_routes(table)
+    assert all(kube.get(kind, ns, name) for kind, name in shared.items())
+
+    kr.KubeRuntime(kube, owner, gateway, lambda e: None).ensure_revisions(key, {"r1": spec("1")})
+    kr.make_router(kube, owner, gateway).set_routes(table)
+    assert kube.get("HTTPRoute", ns, "m") is not None
+    assert not any(kube.get(kind, ns, name) for kind, name in shared.items())
+    assert kube.get("ConfigMap", ns, "m-routes") is None
+
+    kr.KubeRuntime(kube, owner, Traffic(), lambda e: None).ensure_revisions(key, {"r1": spec("1")})
+    assert kube.get("HTTPRoute", ns, "m") is None
+    assert all(kube.get(kind, ns, name) for kind, name in shared.items())
