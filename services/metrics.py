@@ -19,6 +19,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
@@ -76,6 +77,8 @@ class ServerMetrics:
         self._violations = [0] * len(self._reasons)
         self._predictions = np.zeros(len(self._classes), dtype=np.int64)
         self._feedback = [0] * len(FEEDBACK_OUTCOMES)
+        # Regressors: rows scored, sum of |error|, sum of error^2 (MAE and RMSE over any range).
+        self._regression = [0, 0.0, 0.0]
         self._ready = False
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ServerCollector(self))
@@ -108,6 +111,13 @@ class ServerMetrics:
             self._feedback[0] += correct
             self._feedback[1] += incorrect
             self._feedback[2] += unmatched
+
+    def count_regression_errors(self, errors: Sequence[float]) -> None:
+        """Delayed ground truth for a regressor: ``truth - prediction`` per scored row."""
+        with self._lock:
+            self._regression[0] += len(errors)
+            self._regression[1] += sum(abs(e) for e in errors)
+            self._regression[2] += sum(e * e for e in errors)
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
@@ -151,6 +161,7 @@ class _ServerCollector(Collector):
             violations = m._violations[:]
             predictions = m._predictions.tolist()
             feedback = m._feedback[:]
+            regression = m._regression[:]
 
         req = CounterMetricFamily(
             "mlrollout_model_requests",
@@ -216,6 +227,17 @@ class _ServerCollector(Collector):
         for outcome, count in zip(FEEDBACK_OUTCOMES, feedback, strict=True):
             fb.add_metric([*base, outcome], count)
         yield fb
+
+        if not m._classes:  # regressors: online error from delayed ground truth
+            for name, total, what in (
+                ("mlrollout_feedback_abs_error", regression[1], "Absolute error"),
+                ("mlrollout_feedback_squared_error", regression[2], "Squared error"),
+            ):
+                family = SummaryMetricFamily(
+                    name, f"{what} of scored predictions (truth - prediction).", labels=names
+                )
+                family.add_metric(base, count_value=regression[0], sum_value=total)
+                yield family
 
 
 def _le(bound: float) -> str:

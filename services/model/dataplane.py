@@ -12,6 +12,7 @@ Fault injection (a testing aid for demos of rollbacks on errors, off by default)
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -269,16 +270,34 @@ class Dataplane:
                             f"feedback entry {i}: request {rid!r} predicted {len(known)} "
                             f"row(s), got {len(truth)} label(s)",
                         )
-                for rid, truth in items:
+                regression = self.model.task != "classification"
+                truths = [
+                    (rid, _truth(truth, regression, i)) for i, (rid, truth) in enumerate(items)
+                ]
+                errors: list[float] = []
+                for rid, truth in truths:
                     predicted = self._recent.pop(rid, None)
                     if predicted is None:
                         unmatched += len(truth)
-                        continue
-                    hits = sum(p == t for p, t in zip(predicted, truth, strict=True))
-                    correct += hits
-                    incorrect += len(truth) - hits
+                    elif regression:
+                        errors.extend(
+                            float(t) - float(p) for p, t in zip(predicted, truth, strict=True)
+                        )
+                    else:
+                        hits = sum(p == t for p, t in zip(predicted, truth, strict=True))
+                        correct += hits
+                        incorrect += len(truth) - hits
             self.metrics.count_feedback(correct, incorrect, unmatched)
-            payload = {"correct": correct, "incorrect": incorrect, "unmatched": unmatched}
+            payload: dict[str, Any] = {
+                "correct": correct,
+                "incorrect": incorrect,
+                "unmatched": unmatched,
+            }
+            if regression:
+                self.metrics.count_regression_errors(errors)
+                payload = {"scored": len(errors), "unmatched": unmatched}
+                if errors:
+                    payload["mean_absolute_error"] = sum(abs(e) for e in errors) / len(errors)
             reply = Reply(200, payload, headers)
         except InputError as exc:
             reply = self._reject(exc, headers, None)
@@ -304,9 +323,12 @@ class Dataplane:
         return self._fault_rate > 0.0 and self._rng.random() < self._fault_rate
 
     def _remember(self, rid: str, labels: Sequence[Any]) -> None:
-        if self.model.task != "classification" or self._feedback_capacity <= 0:
+        if self._feedback_capacity <= 0:
             return
-        key = tuple(_label_key(v) for v in labels)
+        if self.model.task == "classification":
+            key: tuple[Any, ...] = tuple(_label_key(v) for v in labels)
+        else:
+            key = tuple(float(v) for v in labels)
         with self._recent_lock:
             self._recent[rid] = key
             self._recent.move_to_end(rid)
@@ -368,7 +390,27 @@ def _label_key(value: Any) -> str:
     return str(value)
 
 
-def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[str, ...]]]:
+def _truth(values: tuple[Any, ...], regression: bool, entry: int) -> tuple[Any, ...]:
+    """Ground truth as compared with stored predictions: label keys, or numbers for regressors."""
+    if not regression:
+        return tuple(_label_key(v) for v in values)
+    numbers = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise InputError(
+                Reason.WRONG_TYPE,
+                "label",
+                f"feedback entry {entry}: a regression label must be a finite number, got {value!r}",
+            )
+        numbers.append(number)
+    return tuple(numbers)
+
+
+def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[Any, ...]]]:
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise InputError(Reason.EMPTY_BATCH, None, "no feedback entries")
@@ -413,5 +455,5 @@ def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[str, ...
                     "label",
                     f"feedback entry {i}: a label must be a string or number",
                 )
-        items.append((rid, tuple(_label_key(v) for v in truth)))
+        items.append((rid, tuple(truth)))
     return items

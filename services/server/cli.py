@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .settings import TRACKS, Settings, SettingsError
+from .settings import TRACKS, Settings, SettingsError, env_int
 
 HOME_PREFIX = "mlrollout-serve-"
 EXIT_USAGE = 2
@@ -54,6 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=Settings.max_body_bytes,
         help=f"request body limit in bytes (default {Settings.max_body_bytes})",
+    )
+    add(
+        "--drift-window",
+        type=int,
+        default=None,
+        help="rows per drift test window (default: $MLROLLOUT_DRIFT_WINDOW or 1000)",
     )
     add("--tracing", action="store_true", help="let OpenTelemetry trace the model routes too")
     add("--access-log", action="store_true", help="log every request (BentoML access log)")
@@ -103,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
             track=args.track,
             workers=args.workers,
             max_body_bytes=args.max_body_bytes,
+            drift_window=(
+                args.drift_window
+                if args.drift_window is not None
+                else env_int(os.environ, "MLROLLOUT_DRIFT_WINDOW", Settings.drift_window)
+            ),
             tracing=args.tracing,
             access_log=args.access_log,
         )

@@ -59,6 +59,7 @@ def load_into(target: Holder, current: Settings) -> None:
             deployment=current.deployment,
             track=current.track,
             max_body_bytes=current.max_body_bytes,
+            drift_window=current.drift_window,
         )
     except Exception as exc:
         target.error = f"cannot load {current.artifact}: {exc}"

@@ -30,6 +30,9 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     tracing: bool = False
     access_log: bool = False
+    # Rows per drift test window: smaller windows alarm sooner on low traffic, at the cost of
+    # power per window (the false-alarm rate per window stays as stated; docs/drift.md).
+    drift_window: int = 1000
 
     def __post_init__(self) -> None:
         if self.track not in TRACKS:
@@ -45,6 +48,10 @@ class Settings:
             raise SettingsError(
                 f"max body size must be at least 1024 bytes, got {self.max_body_bytes}"
             )
+        if not 50 <= self.drift_window <= 1_000_000:
+            raise SettingsError(
+                f"drift window must be between 50 and 1000000 rows, got {self.drift_window}"
+            )
         if not self.deployment or len(self.deployment) > 63:
             raise SettingsError("deployment must be a name of 1 to 63 characters")
 
@@ -56,10 +63,11 @@ class Settings:
             sha256=env.get("MLROLLOUT_SHA256", ""),
             deployment=env.get("MLROLLOUT_DEPLOYMENT", "default"),
             track=env.get("MLROLLOUT_TRACK", "stable"),
-            workers=_int(env, "MLROLLOUT_WORKERS", 1),
-            max_body_bytes=_int(env, "MLROLLOUT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            workers=env_int(env, "MLROLLOUT_WORKERS", 1),
+            max_body_bytes=env_int(env, "MLROLLOUT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             tracing=env.get("MLROLLOUT_TRACING", "0") not in ("", "0", "false"),
             access_log=env.get("MLROLLOUT_ACCESS_LOG", "0") not in ("", "0", "false"),
+            drift_window=env_int(env, "MLROLLOUT_DRIFT_WINDOW", 1000),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -72,10 +80,11 @@ class Settings:
             "MLROLLOUT_MAX_BODY_BYTES": str(self.max_body_bytes),
             "MLROLLOUT_TRACING": "1" if self.tracing else "0",
             "MLROLLOUT_ACCESS_LOG": "1" if self.access_log else "0",
+            "MLROLLOUT_DRIFT_WINDOW": str(self.drift_window),
         }
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default

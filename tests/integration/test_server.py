@@ -396,6 +396,7 @@ def test_readiness_waits_for_the_model_under_bentoml_serve(
         (("--workers", "2"), "workers must be 1"),
         (("--host", "localhost"), "must be an IP address"),
         (("--track", "blue"), "invalid choice"),
+        (("--drift-window", "10"), "drift window must be between 50 and 1000000 rows"),
     ],
 )
 def test_bad_settings_are_refused_before_starting(
@@ -417,3 +418,13 @@ def test_a_busy_port_is_refused(example_artifacts: dict[str, Path]) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_drift_window_is_set_from_the_environment(
+    serve_model: Any, example_artifacts: dict[str, Path]
+) -> None:
+    # spec.serving.env reaches `mlrollout serve` as environment variables (Kubernetes and local).
+    with serve_model(example_artifacts["v1"], env={"MLROLLOUT_DRIFT_WINDOW": "50"}) as srv:
+        rows = [[0.1 * i] * 20 for i in range(60)]
+        assert post_json(srv, "/predict", {"instances": rows})[0] == 200
+        assert value(series(srv), "mlrollout_drift_windows_total") == 1

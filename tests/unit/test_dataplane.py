@@ -443,3 +443,43 @@ def _fuzz_plane(artifacts: dict[str, Path]) -> Dataplane:
     if "dp" not in _FUZZ:
         _FUZZ["dp"] = make(artifacts)
     return _FUZZ["dp"]
+
+
+def test_feedback_for_a_regressor_measures_online_error(tmp_path: Path) -> None:
+    from mlrollout.services.model.export import export_model
+    from prometheus_client.parser import text_string_to_metric_families
+    from sklearn.linear_model import LinearRegression
+
+    X, _ = numeric_data()
+    y = X @ np.arange(1, X.shape[1] + 1) + 0.5
+    model = LinearRegression().fit(X, y)
+    path = export_model(
+        model, X, y, tmp_path / "reg", name="reg", version="v1", feature_names=NUMERIC_FEATURES
+    )
+    dp = Dataplane(load_artifact(path), deployment="dep", track="stable")
+    dp.warm_up()
+    reply = dp.predict(json.dumps(records(X[:4])).encode(), "reg-1")
+    assert reply.status == 200
+    predicted = np.asarray(reply.payload["predictions"], dtype=float)
+    truth = predicted + np.array([1.0, -2.0, 0.5, 0.0])
+    body = [{"request_id": "reg-1", "labels": truth.tolist()}, {"request_id": "gone", "label": 3}]
+    reply = dp.feedback(json.dumps(body).encode())
+    assert reply.status == 200
+    assert reply.payload["scored"] == 4 and reply.payload["unmatched"] == 1
+    assert reply.payload["mean_absolute_error"] == pytest.approx(3.5 / 4, rel=1e-4)
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(dp.render_metrics()[0].decode())
+        for s in family.samples
+    }
+    assert samples["mlrollout_feedback_abs_error_count"] == 4
+    assert samples["mlrollout_feedback_abs_error_sum"] == pytest.approx(3.5, rel=1e-4)
+    assert samples["mlrollout_feedback_squared_error_sum"] == pytest.approx(5.25, rel=1e-4)
+    # A label that is not a number is refused and judges nothing.
+    dp.predict(json.dumps(records(X[:1])).encode(), "reg-2")
+    bad = dp.feedback(json.dumps({"request_id": "reg-2", "label": "high"}).encode())
+    assert bad.status == 422 and bad.payload["reason"] == "wrong_type"
+    assert (
+        dp.feedback(json.dumps({"request_id": "reg-2", "label": 1.0}).encode()).payload["scored"]
+        == 1
+    )
