@@ -56,6 +56,8 @@ _KEEP = {
     "additionalProperties",
     "x-kubernetes-validations",
     "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 

@@ -245,8 +245,18 @@ class Serving(_Spec):
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra environment variables for the model server container.",
+        description="Extra environment variables for the model server container; names are unique.",
+        # A list map: the API server refuses a name given twice instead of keeping the last.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+
+    @model_validator(mode="after")
+    def _unique_env(self) -> Serving:
+        names = [e.name for e in self.env]
+        if len(names) != len(set(names)):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"serving.env: names must be unique, {', '.join(dup)} given twice")
+        return self
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> Serving:
@@ -436,7 +446,10 @@ class Metrics(_Spec):
         default=None, description="Accuracy from delayed ground truth (feedback endpoint)."
     )
     custom: list[CustomCheck] = Field(
-        default_factory=list, max_length=20, description="Extra PromQL checks."
+        default_factory=list,
+        max_length=20,
+        description="Extra PromQL checks; names are unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @model_validator(mode="after")

@@ -115,6 +115,11 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "'hold' or 'rollback'",
         None,
     ),
+    (
+        with_(serving={"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
+        "A given twice",
+        None,  # the API server refuses it through x-kubernetes-list-type: map
+    ),
 ]
 
 
@@ -264,3 +269,18 @@ GOOD = [
 def test_cel_rules_accept_what_the_validators_accept(raw: dict[str, Any]) -> None:
     m.ModelDeploymentSpec.model_validate(raw)
     assert _cel_failures(raw) == set()
+
+
+def test_named_lists_are_list_maps_in_the_crd() -> None:
+    """Duplicate names are refused by the API server too, not kept last-wins."""
+    from mlrollout.operator.crd import crd
+
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    env = spec["properties"]["serving"]["properties"]["env"]
+    custom = spec["properties"]["rollout"]["properties"]["analysis"]["properties"]["metrics"][
+        "properties"
+    ]["custom"]
+    for field in (env, custom):
+        assert field["x-kubernetes-list-type"] == "map"
+        assert field["x-kubernetes-list-map-keys"] == ["name"]
+        assert "name" in field["items"]["required"]
