@@ -17,12 +17,23 @@ from mlrollout.operator.local.procs import Supervisor
 
 from .drift_cost import drift_cost
 from .loadtool import cores, hey_path
+from .operator_scale import ScaleConfig, operator_section
 from .report import cpu_ratios, machine, write_report
+from .rollback import RollbackConfig, run_rollback
 from .router_cost import router_overhead
 from .servers import PEERS, BenchEnv, ensure_peer_venvs
 from .serving import build_bench_model, run_serving
 
-SECTIONS = ("serving", "router", "drift")
+SECTIONS = ("serving", "router", "drift", "operator", "rollback")
+# Smoke sizes: seconds, not minutes; they check the harness and the outcomes, not speed.
+SMOKE_SCALE = ScaleConfig(
+    deployments=10, paced=3, tick_s=1.0, analysis_interval="1s",
+    idle_window_s=3.0, analysis_window_s=6.0, settle_timeout_s=120.0,
+)  # fmt: skip
+SMOKE_ROLLBACK = RollbackConfig(
+    repeats=0, short_repeats=1,
+    short_analysis={"interval": "2s", "window": "10s", "minSamples": 20}, timeout_s=120.0,
+)  # fmt: skip
 OURS, BARE = "mlrollout server", "starlette+onnxruntime (bare)"
 
 
@@ -77,6 +88,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": share <= 10,
                 }
             )
+    targets += _operator_targets(results.get("operator"))
     router = results.get("router")
     if router:
         cpu, added = med(router["router_cpu_us_per_request"]), med(router["added_p50_ms"])
@@ -97,6 +109,31 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def _operator_targets(section: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not section:
+        return []
+    r = section["result"]
+    n = r["deployments"]
+    paced, burst = r["paced_latency_s"], r["burst_latency_s"]
+    return [
+        {
+            "target": f"operator RSS <= 250 MB with {n} ModelDeployments (peak)",
+            "measured": f"{r['rss_peak_mb']:.0f} MB",
+            "met": r["rss_peak_mb"] <= 250,
+        },
+        {
+            "target": f"create to children < 1 s at p50 (one new ModelDeployment, {n} managed)",
+            "measured": f"{statistics.median(paced):.2f} s",
+            "met": statistics.median(paced) < 1,
+        },
+        {
+            "target": f"create to children < 1 s at p50 (burst: {n} created back to back)",
+            "measured": f"{statistics.median(burst):.2f} s",
+            "met": statistics.median(burst) < 1,
+        },
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlrollout.services.bench", description=__doc__)
     parser.add_argument(
@@ -114,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         "--state", type=Path, default=Path(".bench"), help="peer venvs and scratch files"
     )
     parser.add_argument(
+        "--deployments", type=int, default=500, help="ModelDeployments for the operator section"
+    )
+    parser.add_argument(
+        "--rollback-repeats", type=int, default=3, help="repeats per rollback variant"
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny durations, no peers: checks the harness, not speed",
@@ -125,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    try:
+        scale = SMOKE_SCALE if args.smoke else ScaleConfig(deployments=args.deployments)
+        n = args.rollback_repeats
+        rollback = SMOKE_ROLLBACK if args.smoke else RollbackConfig(repeats=n, short_repeats=n)
+    except ValueError as exc:
+        parser.error(str(exc))
     hey_path()
     servers = [s for s in args.servers.split(",") if s]
     server_core, load_core = cores()
@@ -183,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         ],
                     ],
                 }
+            if "operator" in sections:
+                results["operator"] = operator_section(sup, work, scale)
+            if "rollback" in sections:
+                results["rollback"] = run_rollback(work, rollback)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["targets"] = _targets(results)

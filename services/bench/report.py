@@ -108,6 +108,127 @@ def chart_serving(cells: list[dict[str, Any]], out: Path) -> Path | None:
     return path
 
 
+FLOOR = "onnxruntime in-process (floor)"
+
+
+def _med_cpu(cell: dict[str, Any]) -> float:
+    return statistics.median(r["cpu_us_per_request"] for r in cell["runs"])
+
+
+def _serving_reading(cells: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for batch in sorted({c["batch"] for c in cells}):
+        row = {c["server"]: c for c in cells if c["batch"] == batch}
+        ours, floor = row.get("mlrollout server"), row.get(FLOOR)
+        if ours and floor and _med_cpu(ours) > 0:
+            share = _med_cpu(floor) / _med_cpu(ours) * 100
+            out.append(
+                f"- Serving, batch {batch}: the model itself (in-process floor, "
+                f"{_med_cpu(floor):,.0f} us) is {share:.0f}% of the mlrollout server's "
+                f"{_med_cpu(ours):,.0f} us per request; the rest is HTTP, BentoML, validation "
+                "and metrics, so it is the "
+                f"{'framework' if share < 50 else 'model'} that dominates at this batch size."
+            )
+    spreads = [
+        (max(r["cpu_us_per_request"] for r in c["runs"]) - min(r["cpu_us_per_request"] for r in c["runs"]))
+        / _med_cpu(c) * 100
+        for c in cells
+        if len(c["runs"]) > 1 and _med_cpu(c) > 0
+    ]  # fmt: skip
+    if spreads:
+        out.append(
+            f"- Noise: CPU per request varied by {statistics.median(spreads):.0f}% (median over "
+            f"cells; worst {max(spreads):.0f}%) between rounds of the same cell, on a machine "
+            "shared with other work. Differences smaller than that are not findings."
+        )
+    return out
+
+
+def _operator_reading(section: dict[str, Any]) -> list[str]:
+    r = section["result"]
+    idle, an = r["idle"], r["analysis"]
+    burst = statistics.median(r["burst_latency_s"])
+    paced = statistics.median(r["paced_latency_s"])
+    busy = "the operator" if idle["operator_cpu_s"] >= idle["emulator_cpu_s"] else "the emulator"
+    keeps_up = an["runs_per_s"] >= 0.9 * an["wanted_runs_per_s"]
+    cfg = section["config"]
+    total = r["deployments"] + cfg["paced"]
+    cycle = idle["operator_cpu_s"] / total / (idle["wall_s"] / max(cfg["tick_s"], _secs(cfg)))
+    return [
+        f"- Operator: a new ModelDeployment got its children in {paced:.2f} s (median) with "
+        f"{r['deployments']} managed, and {burst:.2f} s when all {r['deployments']} arrived at "
+        f"once: the burst was worked through at {r['deployments'] / r['burst_settle_s']:.0f} "
+        "deployments/s, so a median one waited behind about half the queue. "
+        f"While idle, {busy} used more CPU ({idle['operator_cpu_s']:.1f} s operator vs "
+        f"{idle['emulator_cpu_s']:.1f} s emulator over {idle['wall_s']:.0f} s), so the figures "
+        f"are {'the operator' if busy == 'the operator' else 'bounded by the stand-in API'}'s. "
+        f"At rest the operator used {idle['operator_cpu_s'] / idle['wall_s'] * 100:.0f}% of a "
+        f"core for {total} Healthy deployments: {cycle * 1000:.1f} ms per deployment per "
+        f"{cfg['analysis_interval']} reconcile cycle (ticks in between only check that nothing "
+        "is due). "
+        f"An analysis run costs {an['operator_cpu_ms_per_run']:.1f} ms of operator CPU and "
+        f"{an['prometheus_cpu_ms_per_run']:.1f} ms of Prometheus CPU; the operator "
+        + (
+            "kept up with every canary's interval."
+            if keeps_up
+            else f"managed {an['runs_per_s']:.1f} of the {an['wanted_runs_per_s']:.1f} runs/s "
+            "wanted, so analysis falls behind the interval at this scale."
+        )
+    ]
+
+
+def _secs(cfg: dict[str, Any]) -> float:
+    from mlrollout.operator.model import parse_duration
+
+    return float(parse_duration(cfg["analysis_interval"]))
+
+
+def _rollback_reading(section: dict[str, Any]) -> list[str]:
+    out = []
+    cfg = section["config"]
+    for name, variant in section.get("variants", {}).items():
+        rows = [t for t in section["trials"] if t["variant"] == name]
+        secs = statistics.median(t["seconds_to_zero"] for t in rows)
+        bad = statistics.median(t["bad_answers"] for t in rows)
+        weight = statistics.median(t["peak_weight"] for t in rows)
+        s, floor = variant["settings"], variant["floor_s"]
+        canary_rate = cfg["rate"] * weight / 100
+        why = (
+            "close to that floor: the interval sets the time"
+            if secs <= floor * 1.25
+            else f"the other {secs - floor:.0f} s go to collecting minSamples "
+            f"({s['minSamples']}) canary requests before a run can fail (at "
+            f"{canary_rate:.0f} canary requests/s, {s['minSamples'] / canary_rate:.0f} s), and "
+            "to where the runs fall after the canary starts"
+        )
+        expected = canary_rate * secs * cfg["fault_rate"]
+        out.append(
+            f"- Rollback ({name} analysis): {secs:.0f} s to weight 0 (median) against a floor "
+            f"of {floor:.0f} s (failureLimit {s['failureLimit']} x interval {s['interval']}); "
+            f"{why}. The blast radius, {bad:.0f} bad answers, follows from that time: "
+            f"{cfg['rate']:g} requests/s x {weight:.0f}% canary weight x {secs:.0f} s x "
+            f"{cfg['fault_rate']:.0%} faults = {expected:.0f} expected."
+        )
+    return out
+
+
+def reading(results: dict[str, Any]) -> list[str]:
+    """``## Reading these figures``: what dominates each cost, from this run's numbers."""
+    lines: list[str] = []
+    if results.get("serving"):
+        lines += _serving_reading(results["serving"]["cells"])
+    if results.get("operator"):
+        lines += _operator_reading(results["operator"])
+    if results.get("rollback"):
+        lines += _rollback_reading(results["rollback"])
+    missed = [t for t in results.get("targets", []) if not t["met"]]
+    for t in missed:
+        lines.append(f"- Missed: {t['target']} (measured {t['measured']}); see the section above.")
+    if not lines:
+        return []
+    return ["## Reading these figures", "", *lines, ""]
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
     """``out`` is the docs folder: writes benchmarks.md there and raw data under bench/."""
     raw = out / "bench"
@@ -163,6 +284,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
             for t in targets
         ]
         lines.append("")
+    lines += reading(results)
     notes = results.get("notes")
     if notes:
         lines += ["## Notes", "", *notes, ""]

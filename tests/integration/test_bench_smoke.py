@@ -41,6 +41,14 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     routed = [r for r in results["router"]["summary"]["runs"] if r["target"] == "router"]
     assert routed and all(r["errors"] == 0 and r["rps"] > 0 for r in routed)
     assert all(c["us_per_call"] > 0 for c in results["drift"]["costs"])
+    operator = results["operator"]["result"]
+    assert len(operator["burst_latency_s"]) == operator["deployments"] == 10
+    assert operator["analysis"]["runs"] > 0
+    (trial,) = results["rollback"]["trials"]
+    assert trial["outcome"] == "rolledBack" and trial["peak_weight"] > 0
+    assert any(t["target"].startswith("operator RSS") for t in results["targets"])
     report = (out / "benchmarks.md").read_text()
     assert "SMOKE" in report and "| mlrollout server |" in report
+    assert "## Operator at scale" in report and "## Rollback" in report
+    assert "## Reading these figures" in report
     assert (out / "bench" / "serving-cpu.png").stat().st_size > 1000

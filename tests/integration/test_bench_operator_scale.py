@@ -1,0 +1,30 @@
+"""Smoke size of the operator benchmark: 10 ModelDeployments against the real operator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlrollout.operator.local.procs import Supervisor
+from mlrollout.services.bench.__main__ import SMOKE_SCALE
+from mlrollout.services.bench.operator_scale import markdown, run_operator_scale
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_deployment_gets_children_and_canaries_are_analysed(tmp_path: Path) -> None:
+    config = SMOKE_SCALE
+    with Supervisor(log_dir=tmp_path / "logs") as sup:
+        result = run_operator_scale(sup, tmp_path, config)
+        # Every process the benchmark started is stopped when it returns.
+        assert all(not p.alive() for p in sup)
+    assert len(result.burst_latency_s) == config.deployments
+    assert len(result.paced_latency_s) == config.paced
+    assert all(t > 0 for t in result.burst_latency_s + result.paced_latency_s)
+    # 10 children per ModelDeployment, plus the ModelDeployments and the canaries' objects.
+    assert result.emulator_objects >= 11 * (config.deployments + config.paced)
+    assert result.analysis["runs"] > 0  # verdicts came back from real PromQL
+    assert result.analysis["operator_cpu_s"] > 0
+    assert 20 < result.rss_reconciled_mb <= result.rss_peak_mb
+    lines = markdown(result, config)
+    assert any(line.startswith("| burst:") for line in lines)
