@@ -14,14 +14,32 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("mlrollout.services.model.export", "export a fitted scikit-learn pipeline as a model artifact"),
-    "examples": ("mlrollout.services.model.examples", "write ready example model artifacts (v1, v2 good; v3 bad)"),
+    "export": (
+        "mlrollout.services.model.export",
+        "export a fitted scikit-learn pipeline as a model artifact",
+    ),
+    "examples": (
+        "mlrollout.services.model.examples",
+        "write ready example model artifacts (v1, v2 good; v3 bad)",
+    ),
     "serve": ("mlrollout.services.server.cli", "serve a model artifact (BentoML + onnxruntime)"),
     "router": ("mlrollout.services.router.cli", "run the weighted canary router"),
-    "dev": ("mlrollout.operator.local.cli", "run a ModelDeployment locally: servers, router, Prometheus, rollout engine"),
-    "demo": ("mlrollout.operator.local.demo", "the end-to-end demo: v1, then a good v2 (promoted), then a bad v3 (rolled back)"),
-    "crd": ("mlrollout.operator.crd", "print or check the ModelDeployment CRD generated from the models"),
-    "loadgen": ("mlrollout.operator.local.loadgen", "send steady prediction traffic to an endpoint"),
+    "dev": (
+        "mlrollout.operator.local.cli",
+        "run a ModelDeployment locally: servers, router, Prometheus, rollout engine",
+    ),
+    "demo": (
+        "mlrollout.operator.local.demo",
+        "the end-to-end demo: v1, then a good v2 (promoted), then a bad v3 (rolled back)",
+    ),
+    "crd": (
+        "mlrollout.operator.crd",
+        "print or check the ModelDeployment CRD generated from the models",
+    ),
+    "loadgen": (
+        "mlrollout.operator.local.loadgen",
+        "send steady prediction traffic to an endpoint",
+    ),
 }
 
 
@@ -42,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         if argv and argv[0] not in {"-h", "--help"}:
             parser.print_usage(sys.stderr)
-            print(f"mlrollout: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+            print(
+                f"mlrollout: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}",
+                file=sys.stderr,
+            )
             return 2
         parser.print_help()
         return 0

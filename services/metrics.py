@@ -236,7 +236,7 @@ class _ServerCollector(Collector):
                 family = SummaryMetricFamily(
                     name, f"{what} of scored predictions (truth - prediction).", labels=names
                 )
-                family.add_metric(base, count_value=regression[0], sum_value=total)
+                family.add_metric(base, count_value=int(regression[0]), sum_value=total)
                 yield family
 
 

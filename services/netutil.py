@@ -18,7 +18,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, expect_status: int = 200, interval: float = 0.05) -> None:
+def wait_http(
+    url: str, timeout: float = 30.0, expect_status: int = 200, interval: float = 0.05
+) -> None:
     """Poll ``url`` until it answers ``expect_status``; raise TimeoutError otherwise."""
     deadline = time.monotonic() + timeout
     last: object = None

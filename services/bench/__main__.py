@@ -59,7 +59,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     cells = {(c["server"], c["batch"]): c for c in results.get("serving", {}).get("cells", [])}
     ours, bare = cells.get((OURS, 1)), cells.get((BARE, 1))
     ratios = cpu_ratios(ours["runs"], bare["runs"]) if ours and bare else []
-    if ours and ratios:
+    if ours and bare and ratios:
         ratio = med(ratios)
         targets.append(
             {

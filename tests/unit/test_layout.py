@@ -35,11 +35,18 @@ def test_operator_folder_has_no_init() -> None:
 
 def test_stdlib_operator_is_not_shadowed_from_repo_root() -> None:
     code = "import operator, mlrollout.operator; print(operator.eq(1, 1))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "True"
 
 
 def test_cli_lists_subcommands() -> None:
-    out = subprocess.run([sys.executable, "-m", "mlrollout.services.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlrollout.services.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for name in ("export", "examples", "serve", "router", "dev"):
         assert name in out.stdout
