@@ -222,6 +222,14 @@ def _env_list(env: Mapping[str, str]) -> list[Obj]:
     return [{"name": k, "value": str(v)} for k, v in sorted(env.items())]
 
 
+# A pod being deleted keeps serving for a few seconds: the router drops a retired revision
+# from its table within a second of the ConfigMap change (and Service endpoints take a
+# moment to follow), so requests already on their way still find a live server. The
+# serving image is python:slim based and has `sleep`.
+DRAIN_SECONDS = 5
+DRAIN: Obj = {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}}
+
+
 def revision_deployment(owner: Owner, model: ModelRef, serving: Serving, track: str) -> Obj:
     """The model servers of one revision; the model is fetched from its URI at start-up."""
     md = owner.name
@@ -282,6 +290,7 @@ def revision_deployment(owner: Owner, model: ModelRef, serving: Serving, track: 
         },
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+        "lifecycle": DRAIN,
     }
     if serving.resources:
         container["resources"] = _plain(serving.resources)
@@ -454,6 +463,7 @@ def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Ob
         },
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+        "lifecycle": DRAIN,
     }
     deployment = {
         "apiVersion": "apps/v1",

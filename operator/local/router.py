@@ -8,17 +8,32 @@ it reaches the file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from mlrollout.services.router.table import TableError, check_successor, parse_table
 
+log = logging.getLogger(__name__)
+
 
 class FileRouter:
-    def __init__(self, path: Path) -> None:
+    """``confirm_url`` (the router's ``/-/table``): after a write, wait (at most
+    ``confirm_timeout`` seconds) until the router has the new table in force. ``reconcile``
+    applies routes before it stops revisions, so a revision that leaves the table is only
+    stopped once no new request can reach it."""
+
+    def __init__(
+        self, path: Path, confirm_url: str | None = None, confirm_timeout: float = 3.0
+    ) -> None:
         self.path = path
+        self.confirm_url = confirm_url
+        self.confirm_timeout = confirm_timeout
 
     def set_routes(self, table: dict[str, Any]) -> None:
         new = parse_table(table)
@@ -43,6 +58,30 @@ class FileRouter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._confirm(new.generation)
+
+    def _confirm(self, generation: int) -> None:
+        if self.confirm_url is None:
+            return
+        deadline = time.monotonic() + self.confirm_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.confirm_url, timeout=1) as resp:
+                    if json.loads(resp.read()).get("generation", -1) >= generation:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:  # 404: the router is up but has no table in force yet
+                    return
+            except (OSError, ValueError):
+                return  # no router listening: nothing can route to a retired revision
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "router did not apply routing table generation %d within %.1fs",
+                    generation,
+                    self.confirm_timeout,
+                )
+                return
+            time.sleep(0.02)
 
     def get_routes(self) -> dict[str, Any] | None:
         try:

@@ -134,8 +134,10 @@ class LocalSession:
         self.state_path = self.run_dir / "state.json"
         self.supervisor = Supervisor(self.run_dir / "logs")
         self.runtime = LocalRuntime(self.supervisor, manifest.base_dir, on_event=self._on_event)
-        self.router = FileRouter(self.run_dir / "table.json")
         self.router_port = options.router_port or free_port()
+        self.router = FileRouter(
+            self.run_dir / "table.json", confirm_url=f"http://127.0.0.1:{self.router_port}/-/table"
+        )
         self.prometheus: LocalPrometheus | None = None
         self.metrics: PrometheusProvider | None = None
         self.status: dict[str, Any] | None = None

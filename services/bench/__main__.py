@@ -15,7 +15,7 @@ from typing import Any
 
 from mlrollout.operator.local.procs import Supervisor
 
-from .drift_cost import drift_cost
+from .drift_cost import dataplane_cost, drift_cost
 from .loadtool import cores, hey_path
 from .operator_scale import ScaleConfig, operator_section
 from .report import cpu_ratios, machine, write_report
@@ -77,6 +77,16 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": tail <= 3,
             }
         )
+        plane = results.get("drift", {}).get("dataplane")
+        if plane:
+            share = plane["added_us"] / med(r["cpu_us_per_request"] for r in ours["runs"]) * 100
+            targets.append(
+                {
+                    "target": "validation + drift + metrics <= 10% of model-server request CPU (batch 1)",
+                    "measured": f"{share:.1f}% ({plane['added_us']:.1f} us)",
+                    "met": share <= 10,
+                }
+            )
         drift = next(
             (d for d in results.get("drift", {}).get("costs", []) if d["batch"] == 1), None
         )
@@ -228,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if "drift" in sections:
                 costs = drift_cost(model, rows=2_000 if args.smoke else 200_000)
+                plane = dataplane_cost(model, calls=200 if args.smoke else 20_000)
                 results["drift"] = {
                     "costs": [asdict(c) for c in costs],
+                    "dataplane": {**asdict(plane), "added_us": plane.added_us},
                     "markdown": [
                         "`DriftMonitor.observe` on the bench model's profile (20 numeric features + prediction), "
                         "in-process, amortised over chunk binning and window tests; best of 3.",
@@ -240,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                             f"| {c.batch} | {c.us_per_call:.2f} | {c.us_per_row:.3f} |"
                             for c in costs
                         ],
+                        "",
+                        "The whole request path inside the server, batch 1, in-process (no HTTP), "
+                        f"{plane.calls:,} calls, best of 3: parsing the JSON, running onnxruntime and "
+                        f"writing the JSON answer costs {plane.bare_us:.1f} us; `Dataplane.predict`, "
+                        f"which adds validation, drift and metrics, costs {plane.dataplane_us:.1f} us: "
+                        f"{plane.added_us:.1f} us added.",
                     ],
                 }
             if "operator" in sections:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from mlrollout.services.drift import DriftMonitor
@@ -53,3 +54,59 @@ def drift_cost(
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class DataplaneCost:
+    calls: int
+    bare_us: float  # parse JSON, run onnxruntime, write JSON: what any server must do
+    dataplane_us: float  # Dataplane.predict: the same plus validation, drift and metrics
+
+    @property
+    def added_us(self) -> float:
+        return self.dataplane_us - self.bare_us
+
+
+def dataplane_cost(model: BenchModel, calls: int = 20_000, repeat: int = 3) -> DataplaneCost:
+    """In-process CPU of mlrollout's request path beyond the unavoidable parse-predict-write.
+
+    Both sides get the same batch-1 body; the minimum of a few repeats is taken for each, the
+    figure least disturbed by other work on the machine.
+    """
+    import onnxruntime as ort
+    import rapidjson
+    from mlrollout.services.model.dataplane import Dataplane
+
+    rng = np.random.default_rng(5)
+    body = json.dumps(
+        {"instances": rng.normal(size=(1, model.n_features)).round(4).tolist()}
+    ).encode()
+    plane = Dataplane.from_artifact(model.artifact, deployment="bench", track="stable")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
+
+    def bare() -> bytes:
+        rows = np.asarray(rapidjson.loads(body)["instances"], dtype=np.float32)
+        labels, probabilities = session.run(None, {model.input_name: rows})
+        return rapidjson.dumps(
+            {"predictions": labels.tolist(), "probabilities": probabilities.tolist()}
+        ).encode()
+
+    def ours() -> bytes:
+        return plane.predict(body, "bench").body()
+
+    def best(fn: Any) -> float:
+        for _ in range(200):
+            fn()
+        times = []
+        for _ in range(repeat):
+            start = time.process_time()
+            for _ in range(calls):
+                fn()
+            times.append((time.process_time() - start) / calls * 1e6)
+        return min(times)
+
+    if plane.predict(body, "check").status != 200:
+        raise RuntimeError("the bench model refused the bench body")
+    return DataplaneCost(calls=calls, bare_us=best(bare), dataplane_us=best(ours))

@@ -289,3 +289,19 @@ def test_http_route_matches_gateway_api_shape() -> None:
     refs = {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
     assert refs == {"fraud-v1-0a1b2c": 80, "fraud-v2-5f3a9c": 20}
     assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gw"}]
+
+
+def test_model_server_and_router_pods_drain_before_they_stop() -> None:
+    """A retired revision keeps serving while the router moves off it (no dropped requests)."""
+    from mlrollout.operator.builders import DRAIN_SECONDS
+
+    objs = [o for o in all_objects() if o["kind"] == "Deployment"]
+    assert {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objs} >= {
+        "model-server",
+        "router",
+    }
+    for obj in objs:
+        (container,) = obj["spec"]["template"]["spec"]["containers"]
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(DRAIN_SECONDS)]
+        grace = obj["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        assert grace > DRAIN_SECONDS

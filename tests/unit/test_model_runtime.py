@@ -85,12 +85,12 @@ def test_regressor_round_trip_through_the_dataplane(tmp_path: Path) -> None:
     body = {"inputs": [{"name": "X", "shape": [4, 5], "datatype": "FP64", "data": X[:4].tolist()}]}
     infer = dp.infer_v2("price", json.dumps(body).encode())
     assert [o["name"] for o in infer.payload["outputs"]] == ["prediction"]
-    # Feedback is for classifiers: ids of a regressor's requests are never matched.
+    # Delayed ground truth for a regressor is scored as error (MAE/RMSE series).
     rid = reply.payload["request_id"]
-    assert (
-        dp.feedback(json.dumps({"request_id": rid, "label": 1.0}).encode()).payload["unmatched"]
-        == 1
-    )
+    truth = [float(v) + 1.0 for v in reply.payload["predictions"]]
+    scored = dp.feedback(json.dumps({"request_id": rid, "labels": truth}).encode()).payload
+    assert scored["scored"] == 4 and scored["unmatched"] == 0
+    assert scored["mean_absolute_error"] == pytest.approx(1.0, rel=1e-3)
     assert "mlrollout_model_predictions_total" not in dp.render_metrics()[0].decode()
 
 
