@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 from mlrollout.operator.local.display import LiveDisplay
-from mlrollout.operator.local.manifest import Manifest, load_manifest
+from mlrollout.operator.local.manifest import Manifest, load_manifest, manifest_document
 from mlrollout.operator.local.procs import ManagedProcess, ProcessError, install_signal_handlers
 from mlrollout.operator.local.prom import PrometheusMissingError, find_prometheus
 from mlrollout.operator.local.session import LocalSession, SessionOptions, outcome_of
@@ -55,14 +55,7 @@ def demo_spec(version: str, uri: str, env: dict[str, str] | None = None) -> dict
             },
         },
     }
-    if env:
-        spec["serving"] = {"env": [{"name": k, "value": v} for k, v in sorted(env.items())]}
-    return {
-        "apiVersion": "mlrollout.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "fraud"},
-        "spec": spec,
-    }
+    return manifest_document("fraud", spec, env)
 
 
 def write_manifest(path: Path, doc: dict[str, Any]) -> Manifest:

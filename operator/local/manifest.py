@@ -40,6 +40,21 @@ class Manifest:
         return self.path.resolve().parent
 
 
+def manifest_document(
+    name: str, spec: dict[str, Any], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A ModelDeployment document around ``spec``; ``env`` becomes ``spec.serving.env``."""
+    if env:
+        serving = spec.setdefault("serving", {})
+        serving["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 def format_validation_error(exc: ValidationError, limit: int = 10) -> str:
     lines = []
     for err in exc.errors()[:limit]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlrollout.operator.local.manifest import Manifest, load_manifest
+from mlrollout.operator.local.manifest import Manifest, load_manifest, manifest_document
 from mlrollout.operator.local.procs import ManagedProcess, descendants
 from mlrollout.operator.local.session import LocalSession, outcome_of
 
@@ -85,14 +85,7 @@ def manifest_doc(
             "analysis": analysis or FAST_ANALYSIS,
         },
     }
-    if env:
-        spec["serving"] = {"env": [{"name": k, "value": v} for k, v in env.items()]}
-    return {
-        "apiVersion": "mlrollout.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "fraud"},
-        "spec": spec,
-    }
+    return manifest_document("fraud", spec, env)
 
 
 def write_manifest(path: Path, doc: dict[str, Any]) -> Manifest:

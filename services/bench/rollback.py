@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlrollout.operator.local.manifest import manifest_document
 from mlrollout.operator.local.prom import find_prometheus
 from mlrollout.operator.local.session import LocalSession, SessionOptions, outcome_of
 from mlrollout.operator.local.testing import (
@@ -78,14 +79,7 @@ def doc(
     spec: dict[str, Any] = {"model": {"name": "fraud", "version": version, "uri": str(uri)}}
     if analysis:
         spec["rollout"] = {"analysis": analysis}
-    if env:
-        spec["serving"] = {"env": [{"name": k, "value": v} for k, v in env.items()]}
-    return {
-        "apiVersion": "mlrollout.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "fraud"},
-        "spec": spec,
-    }
+    return manifest_document("fraud", spec, env)
 
 
 def router_counts(router_url: str) -> dict[tuple[str, str], float]:
