@@ -107,6 +107,16 @@ class RouterMetrics:
             registry=r,
         )
         self._guard_labels: list[tuple[str, ...]] = []
+        self.source_up = Gauge(
+            "mlrollout_router_table_source_up",
+            "1 while the routing table source (file poller, ConfigMap watch) runs, else 0.",
+            registry=r,
+        )
+        self.source_failures = Counter(
+            "mlrollout_router_table_source_failures",
+            "Times the routing table source stopped on an error (it is restarted).",
+            registry=r,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self.deployment = ""
         self._weight_labels: list[tuple[str, str, str]] = []
@@ -133,6 +143,11 @@ class RouterMetrics:
 
     def table_rejected(self) -> None:
         self.rejected.labels(self.deployment).inc()
+
+    def source_state(self, up: bool) -> None:
+        if not up:
+            self.source_failures.inc()
+        self.source_up.set(1 if up else 0)
 
     def no_table_yet(self) -> None:
         self.generation.labels(self.deployment).set(-1)

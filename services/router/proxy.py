@@ -88,6 +88,7 @@ class Router:
         self.on_trip: Callable[[dict[str, Any]], None] | None = None
         self.source = ""
         self.last_error: dict[str, object] | None = None
+        self.source_error: str | None = None  # why the table source is stopped, if it is
         self._pools: dict[tuple[str, int], Upstream] = {}
         self._shadow_inflight = 0
         self.inflight = 0  # client requests waiting on a backend (for a graceful stop)
@@ -98,28 +99,52 @@ class Router:
 
     # ---- the table -------------------------------------------------------------------
     def offer(self, data: bytes, origin: str) -> bool:
-        """Apply a table from a source; on any problem log it, count it, keep the old one."""
+        """Apply a table from a source; on any problem log it, count it, keep the old one.
+
+        Never raises: a source calls this in its watch loop, and an exception escaping here
+        would stop the loop (and with it every later table, a rollback included).
+        """
         try:
             table = parse_table(data)
             if not check_successor(self.table, table):
                 return False
+            self._apply(table, origin)
         except TableError as exc:
-            self.metrics.table_rejected()
-            self.last_error = {"error": str(exc), "source": origin, "at": time.time()}
-            kept = self.table.generation if self.table else "none"
-            log.error("rejected routing table from %s: %s (generation %s stays)", origin, exc, kept)
+            self.reject(str(exc), origin)
             return False
-        self._apply(table, origin)
+        except Exception as exc:  # a defect here must not cost the watcher its life
+            log.exception("unexpected error while applying a routing table from %s", origin)
+            self.reject(f"unexpected error while applying the table: {exc!r}", origin)
+            return False
         return True
+
+    def reject(self, message: str, origin: str) -> None:
+        """Count and log a table that was refused (by a source or by :meth:`offer`)."""
+        self.metrics.table_rejected()
+        self.last_error = {"error": message, "source": origin, "at": time.time()}
+        kept = self.table.generation if self.table else "none"
+        log.error("rejected routing table from %s: %s (generation %s stays)", origin, message, kept)
+
+    def source_state(self, up: bool, error: str | None = None) -> None:
+        """The table source is running (``up``) or stopped; a stopped source means unready."""
+        self.source_error = None if up else (error or "stopped")
+        self.metrics.source_state(up)
 
     def _apply(self, table: RoutingTable, origin: str) -> None:
         wanted = {(b.host, b.port) for b in table.backends.values()}
+        added: dict[tuple[str, int], Upstream] = {}
+        try:
+            for key in wanted:
+                if key not in self._pools:
+                    added[key] = Upstream(*key, connect_timeout=self.config.connect_timeout)
+        except BaseException:
+            for pool in added.values():
+                pool.close()
+            raise
         for key in list(self._pools):
             if key not in wanted:
                 self._pools.pop(key).close()
-        for key in wanted:
-            if key not in self._pools:
-                self._pools[key] = Upstream(*key, connect_timeout=self.config.connect_timeout)
+        self._pools.update(added)
         self.table, self.source = table, origin
         self.guard.table_applied(table)
         self.effective = self.guard.effective(table)
@@ -315,6 +340,9 @@ class Router:
         if path == b"/readyz":
             if self.table is None:
                 return error_reply(503, "no routing table is in force yet")
+            if self.source_error is not None:
+                # Serving on, but a table change (a rollback) would not reach this router.
+                return error_reply(503, f"routing table source stopped: {self.source_error}")
             return Reply(200, [(b"content-type", b"text/plain")], b"ready\n")
         if path == b"/metrics":
             ctype = b"text/plain; version=0.0.4; charset=utf-8"
@@ -331,6 +359,7 @@ class Router:
                 "generation": generation,
                 "source": self.source,
                 "lastRejected": self.last_error,
+                "sourceError": self.source_error,
                 "inflight": self.inflight,
                 "guard": self.guard.report(),
             }

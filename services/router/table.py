@@ -61,7 +61,9 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
     if isinstance(data, bytes | str):
         try:
             doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            raise TableError("routing table is nested too deeply to be a table") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
             raise TableError(f"routing table is not valid JSON: {exc}") from None
     else:
         doc = data
@@ -239,6 +241,13 @@ def _parse_url(url: Any) -> tuple[str, int, str] | str:
         return f"{url!r}: only http:// backends are supported"
     if not parts.hostname:
         return f"{url!r} has no host"
+    try:
+        # What the connection will do with it (an empty or 64+ character label fails here).
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        return f"{url!r}: host {parts.hostname!r} is not a valid name ({exc})"
+    if port == 0:
+        return f"{url!r}: port must be in 1..65535"
     if parts.query or parts.fragment:
         return f"{url!r} must not have a query or fragment"
     return parts.hostname, port or 80, parts.path.rstrip("/")
