@@ -28,7 +28,7 @@ from pydantic_core import PydanticUndefined, core_schema, to_jsonable_python
 
 CRD_PATH = Path("crds/modeldeployment.yaml")
 # The chart renders its copy from a template (helm/mlrollout/files/crds, written by
-# services/deploy_assets.py) so that the CRD upgrades with the chart; a crds/ folder in
+# tools/deploy_assets.py) so that the CRD upgrades with the chart; a crds/ folder in
 # the chart as well would make Helm install it twice.
 COPIES = (Path("manifests/crd.yaml"),)
 HEADER = (
