@@ -165,12 +165,17 @@ def crd() -> dict[str, Any]:
     spec["description"] = "What to serve and how to roll out changes to it."
     status = schema_of(m.ModelDeploymentStatus)
     status["description"] = "Written by the operator; everything needed to resume a rollout."
+    # (name, type, jsonPath, description, priority): priority 1 shows only with -o wide.
     columns = [
-        ("Phase", "string", ".status.phase", "Where the deployment stands."),
-        ("Stable", "string", ".status.stable.version", "Stable model version."),
-        ("Canary", "string", ".status.canary.version", "Canary model version, if any."),
-        ("Weight", "integer", ".status.weights.canary", "Percent of traffic to the canary."),
-        ("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+        ("Phase", "string", ".status.phase", "Where the deployment stands.", 0),
+        ("Stable", "string", ".status.stable.version", "Stable model version.", 0),
+        ("Canary", "string", ".status.canary.version", "Canary model version, if any.", 0),
+        ("Step", "string", ".status.step", "Current canary step as n/m.", 0),
+        ("Weight", "integer", ".status.weights.canary", "Percent of traffic to the canary.", 0),
+        ("Message", "string", ".status.message", "Human summary of the phase.", 0),
+        ("Age", "date", ".metadata.creationTimestamp", "Time since creation.", 0),
+        ("Stable-Revision", "string", ".status.stable.id", "Stable revision id.", 1),
+        ("Canary-Revision", "string", ".status.canary.id", "Canary revision id.", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -201,7 +206,8 @@ def crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": n, "type": t, "jsonPath": p, "description": d}
-                        for n, t, p, d in columns
+                        | ({"priority": prio} if prio else {})
+                        for n, t, p, d, prio in columns
                     ],
                     "schema": {
                         "openAPIV3Schema": {
