@@ -201,7 +201,9 @@ async def test_an_idle_keep_alive_connection_is_no_slow_client(rig: Rig) -> None
     reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
     writer.write(GOOD)
     await asyncio.sleep(1.5)  # longer than both timeouts, between requests
-    writer.write(GOOD.replace(b"POST", b"POST", 1).replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+    writer.write(
+        GOOD.replace(b"POST", b"POST", 1).replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    )
     got = await asyncio.wait_for(reader.read(-1), 5)
     writer.close()
     assert [a.status for a in parse_answers(got)] == [200, 200]
