@@ -21,6 +21,7 @@ The routing table is written guarded by the version read (``RoutesChanged`` on a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from mlrollout.operator.interfaces import (
     RoutesChanged,
 )
 from mlrollout.operator.kube import Conflict, Kube, KubeError
-from mlrollout.operator.model import Gateway, ModelRef, Serving, Traffic
+from mlrollout.operator.model import GROUP, VERSION, Gateway, ModelRef, Serving, Traffic
 
 log = logging.getLogger(__name__)
 TABLE_ANNOTATION = "mlrollout.io/routing-table"
@@ -122,7 +123,7 @@ class KubeRuntime:
     def ensure_revisions(
         self, deployment: DeploymentKey, wanted: Mapping[str, RevisionSpec]
     ) -> dict[str, RevisionState]:
-        lists = together([lambda kind=kind: self._owned(kind) for kind in REVISION_KINDS])
+        lists = together([functools.partial(self._owned, kind) for kind in REVISION_KINDS])
         existing = dict(zip(REVISION_KINDS, lists, strict=True))
         calls: list[Callable[[], Any]] = []
         if wanted:
@@ -185,7 +186,7 @@ class KubeRuntime:
         for kind, objs in existing.items():
             for name in objs.keys() - keep:
                 log.info("deleting %s %s/%s: revision not wanted", kind, ns, name)
-                calls.append(lambda kind=kind, name=name: self.kube.delete(kind, ns, name))
+                calls.append(functools.partial(self.kube.delete, kind, ns, name))
         together(calls)
 
     def _shared_writes(self, serving_spec: Serving) -> list[Callable[[], Any]]:
@@ -199,7 +200,7 @@ class KubeRuntime:
         now = time.monotonic()
         if seen is not None and seen[0] == digest and now - seen[1] < SHARED_RECHECK_SECONDS:
             return []
-        calls: list[Callable[[], Any]] = [lambda obj=obj: self.kube.apply(obj) for obj in objs]
+        calls: list[Callable[[], Any]] = [functools.partial(self.kube.apply, o) for o in objs]
         if seen is None or seen[0] != digest:  # start-up or a spec change: maybe a new path
             calls.append(self._remove_other_path)
         # Remembered by ensure_revisions once the whole batch succeeded; if any write
@@ -272,7 +273,7 @@ def sync_track_services(
                 )
             continue
         svc = b.track_service(owner, track, revision)
-        calls.append(lambda svc=svc: kube.apply(svc))
+        calls.append(functools.partial(kube.apply, svc))
         out[track] = b.revision_name(owner.name, revision)
     together(calls)
     return out
@@ -369,3 +370,41 @@ def _parse_table(text: str | None) -> dict[str, Any] | None:
         log.warning("routing table in force is not JSON; it will be rewritten")
         return None
     return table if isinstance(table, dict) else None
+
+
+def event_object(
+    owner: b.Owner, event: Event, now: str, component: str = "mlrollout-operator"
+) -> dict[str, Any]:
+    """A core/v1 Event about the ModelDeployment ``owner`` (what ``kubectl describe`` shows)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "uid": owner.uid,
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+def post_event(kube: Kube, owner: b.Owner, event: Event) -> None:
+    """Post an Event; a failure is logged, never fails the reconcile it explains."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        kube.create(event_object(owner, event, now))
+    except KubeError as exc:
+        log.warning(
+            "event %s for %s/%s not posted: %s", event.reason, owner.namespace, owner.name, exc
+        )
