@@ -226,13 +226,26 @@ class ConfigMapRouter:
 
     def set_routes(self, table: dict[str, Any]) -> None:
         sync_track_services(self.kube, self.owner, table)
-        self.kube.apply(b.routes_configmap(self.owner, table))
+        cm = self.kube.apply(b.routes_configmap(self.owner, table))
+        if stale_guard(_parse_table((cm.get("data") or {}).get(b.GUARD_KEY)), table):
+            # A trip of a canary this table no longer routes to (the rollback it caused is
+            # recorded): drop it, so a retry of the same revision starts unjudged.
+            name = b.routes_configmap_name(self.owner.name)
+            patch = {"data": {b.GUARD_KEY: None}}
+            self.kube.merge_patch("ConfigMap", self.owner.namespace, name, patch)
 
     def get_routes(self) -> dict[str, Any] | None:
-        cm = self.kube.get(
-            "ConfigMap", self.owner.namespace, b.routes_configmap_name(self.owner.name)
-        )
-        return _parse_table((cm or {}).get("data", {}).get(b.TABLE_KEY))
+        return _parse_table(self._data().get(b.TABLE_KEY))
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What the router wrote under ``guard.json`` when its guard tripped."""
+        return _parse_table(self._data().get(b.GUARD_KEY))
+
+    def _data(self) -> dict[str, Any]:
+        name = b.routes_configmap_name(self.owner.name)
+        cm = self.kube.get("ConfigMap", self.owner.namespace, name)
+        data = (cm or {}).get("data")
+        return data if isinstance(data, dict) else {}
 
 
 class HTTPRouteRouter:
@@ -260,10 +273,25 @@ class HTTPRouteRouter:
         elif current is None:
             self.kube.create(route)
 
+    def guard_report(self) -> dict[str, Any] | None:
+        return None  # no router guard behind a Gateway API route
+
     def get_routes(self) -> dict[str, Any] | None:
         route = self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name)
         annotations = (route or {}).get("metadata", {}).get("annotations") or {}
         return _parse_table(annotations.get(TABLE_ANNOTATION))
+
+
+def stale_guard(report: Mapping[str, Any] | None, table: Mapping[str, Any]) -> bool:
+    """Whether a guard report names a canary other than the one ``table`` routes to."""
+    trip = (report or {}).get("trip")
+    if not isinstance(trip, Mapping):
+        return report is not None and "canary" not in (table.get("backends") or {})
+    canary = (table.get("backends") or {}).get("canary") or {}
+    return (trip.get("canaryVersion"), trip.get("canaryUrl")) != (
+        canary.get("version"),
+        canary.get("url"),
+    )
 
 
 def make_router(kube: Kube, owner: b.Owner, traffic: Traffic) -> ConfigMapRouter | HTTPRouteRouter:
