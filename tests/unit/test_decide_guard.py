@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from mlrollout.operator.decide import guard
-from mlrollout.operator.decide.testing import Scenario
 from mlrollout.operator.k8s_runtime import stale_guard
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.services.router.table import parse_table
+
+from tests.doubles.decide import Scenario
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -24,7 +24,8 @@ from mlrollout.services.router import cli as router_cli
 from mlrollout.services.router.proxy import Reply, Request, Router, RouterConfig
 from mlrollout.services.router.server import start_server
 from mlrollout.services.router.source import ConfigMapSource, KubeAccess
-from mlrollout.services.router.testing import FakeBackend
+
+from tests.doubles.router import FakeBackend
 
 pytestmark = pytest.mark.integration
 
