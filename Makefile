@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check operator services tests bench tools
 	$(BIN)/ruff format --check operator services tests bench tools
 	cd .lint && ../$(BIN)/mypy --config-file ../pyproject.toml -p mlrollout.operator -p mlrollout.services
+	cd .lint && ../$(BIN)/lint-imports --no-logo ../pyproject.toml
 
 # Regenerate the CRD from the pydantic models (crds/, manifests/crd.yaml), then the chart's
 # copy and the manifests rendered from the chart. crds-check fails when any copy is stale.
