@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
 from mlrollout.services.netutil import free_port
+from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
 QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData"})
@@ -220,14 +220,7 @@ def entry_from_status(
 
 
 def _atomic_json(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 class LocalSession:
