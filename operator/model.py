@@ -21,6 +21,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
+# The API names live in api.py; they stay importable from here.
+from mlrollout.operator.api import GROUP as GROUP
+from mlrollout.operator.api import KIND as KIND
+from mlrollout.operator.api import PLURAL as PLURAL
+from mlrollout.operator.api import VERSION as VERSION
 from pydantic import (
     AfterValidator,
     AliasGenerator,
@@ -33,11 +38,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import WithJsonSchema
-
-GROUP = "mlrollout.io"
-VERSION = "v1alpha1"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")

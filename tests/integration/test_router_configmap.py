@@ -12,7 +12,8 @@ from aiohttp import web
 from mlrollout.services.netutil import free_port
 from mlrollout.services.router.proxy import Router, RouterConfig
 from mlrollout.services.router.source import ConfigMapSource, KubeAccess
-from mlrollout.services.router.testing import table_doc
+
+from tests.doubles.router import table_doc
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from mlrollout.services.router.testing import fake_backend, router, table_doc, write_table
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import fake_backend, router, table_doc, write_table
 
 pytestmark = pytest.mark.integration
 

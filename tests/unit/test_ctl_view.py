@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from mlrollout.operator.ctl import view
 from mlrollout.operator.ctl.limits import check_limits, format_value
-from mlrollout.operator.decide.testing import Scenario, TrackTraffic
 from mlrollout.operator.model import Analysis
+
+from tests.doubles.decide import Scenario, TrackTraffic
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

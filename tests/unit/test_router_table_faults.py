@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from mlrollout.services.router.proxy import Request, Router, RouterConfig
 from mlrollout.services.router.source import FileSource, watch_source
 from mlrollout.services.router.table import TableError, parse_table
-from mlrollout.services.router.testing import table_doc, write_table
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import table_doc, write_table
 
 HOSTILE_URLS = [
     "http://a..b:18002",  # empty label: UnicodeError from the IDNA codec

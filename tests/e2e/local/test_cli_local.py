@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from mlrollout.operator.local.session import RunLock
-from mlrollout.operator.local.testing import FAST_ANALYSIS, kill_tree, manifest_doc, write_manifest
+
+from tests.doubles.local import FAST_ANALYSIS, kill_tree, manifest_doc, write_manifest
 
 pytestmark = pytest.mark.e2e
 

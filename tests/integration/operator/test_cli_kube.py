@@ -1,7 +1,7 @@
 """`kubectl-mlrollout` (the `mlrollout` rollout commands) against a Kubernetes API.
 
 Runs the installed console script as a user would, with a kubeconfig, against the API
-emulator (kmock). Statuses are the engine's own (``decide.testing.Scenario``), written
+emulator (kmock). Statuses are the engine's own (``tests.doubles.decide.Scenario``), written
 through the status subresource as the operator writes them; the spec changes the CLI
 makes are read back from the API and fed to the engine, which must do what the CLI said.
 """
@@ -20,8 +20,9 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from mlrollout.operator.decide.testing import Scenario
 from mlrollout.operator.kube import Kube
+
+from tests.doubles.decide import Scenario
 
 pytestmark = pytest.mark.integration
 
