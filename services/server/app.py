@@ -48,10 +48,18 @@ class Dataplane(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    def predict(self, body: bytes, request_id: str | None = None) -> Reply: ...
+    def predict(
+        self, body: bytes, request_id: str | None = None, feedback_id: str | None = None
+    ) -> Reply: ...
 
     def infer_v2(
-        self, model_name: str, body: bytes, *, header_length: int | None = None
+        self,
+        model_name: str,
+        body: bytes,
+        *,
+        header_length: int | None = None,
+        request_id: str | None = None,
+        feedback_id: str | None = None,
     ) -> Reply: ...
 
     def model_metadata_v2(self) -> dict[str, Any]: ...
@@ -168,9 +176,20 @@ def request_id_for(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _id_header(scope: Scope) -> dict[str, str]:
+    return {"x-request-id": request_id_for(scope)}
+
+
 def _client_request_id(scope: Scope) -> str | None:
     # The dataplane checks the id and makes a fresh one if needed; no need to do it twice.
     given = _header(scope, b"x-request-id")
+    return given.decode("latin-1") if given is not None else None
+
+
+def _proposed_feedback_id(scope: Scope) -> str | None:
+    # Set by the router on a mirrored request so the shadow keeps the stable's feedback id;
+    # the dataplane uses it only if it is well-formed and not in use.
+    given = _header(scope, b"x-mlrollout-feedback-id")
     return given.decode("latin-1") if given is not None else None
 
 
@@ -242,8 +261,7 @@ class ModelApp:
         except BodyError as exc:
             if exc.reason:  # a client that went away broke no input rule
                 self.holder.reject(endpoint, exc.reason, time.perf_counter() - started)
-            headers = {"x-request-id": request_id_for(scope)}
-            await _error(send, exc.status, exc.message, headers, exc.reason or None)
+            await _error(send, exc.status, exc.message, _id_header(scope), exc.reason or None)
             return None
 
     async def _not_ready(self, send: Send) -> None:
@@ -258,7 +276,7 @@ class ModelApp:
         body = await self._body(scope, receive, send, "predict")
         if body is None:
             return
-        reply = plane.predict(body, _client_request_id(scope))
+        reply = plane.predict(body, _client_request_id(scope), _proposed_feedback_id(scope))
         await send_reply(send, reply.status, reply.body(), reply.headers)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -272,7 +290,7 @@ class ModelApp:
         if not self._version_known(scope):
             self.holder.reject("infer", "unknown_model", 0.0)
             message = f"version {scope['model_version']!r} is not served here"
-            await _error(send, 404, message, reason="unknown_model")
+            await _error(send, 404, message, _id_header(scope), reason="unknown_model")
             return
         raw_length = _header(scope, b"inference-header-content-length")
         header_length = None
@@ -280,10 +298,16 @@ class ModelApp:
             if not raw_length.isdigit():
                 self.holder.reject("infer", "bad_structure", 0.0)
                 message = "inference-header-content-length must be an integer"
-                await _error(send, 400, message, reason="bad_structure")
+                await _error(send, 400, message, _id_header(scope), reason="bad_structure")
                 return
             header_length = int(raw_length)
-        reply = plane.infer_v2(scope["model_name"], body, header_length=header_length)
+        reply = plane.infer_v2(
+            scope["model_name"],
+            body,
+            header_length=header_length,
+            request_id=_client_request_id(scope),
+            feedback_id=_proposed_feedback_id(scope),
+        )
         await send_reply(send, reply.status, reply.body(), reply.headers)
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
