@@ -139,6 +139,8 @@ class Dataplane:
             dtype=class_dtype(len(self.model.classes)) if classification else np.float64,
         )
         self._class_index = {_label_key(c): i for i, c in enumerate(self.model.classes)}
+        store = self.feedback_store
+        self.metrics.feedback_store_bytes = lambda: (store.used_bytes, store.capacity_bytes)
         self._feedback_lock = threading.Lock()
         self._ready = False
         self._base_headers = {VERSION_HEADER: self.version}
@@ -260,7 +262,7 @@ class Dataplane:
                 pred = self._predict(batch)
                 rows = batch.n_rows
                 outputs = oip.outputs(pred, wanted, self.model.classes)
-                payload = {
+                payload: dict[str, Any] = {
                     "model_name": self.name,
                     "model_version": self.version,
                     "outputs": outputs,

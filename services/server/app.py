@@ -12,6 +12,7 @@ path) and the request id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -25,6 +26,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_BODY_TIMEOUT_S = 15.0
 # Echoed ids are client-controlled: keep them short and free of header-breaking bytes.
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON_TYPES = (b"application/json", b"text/json", b"application/octet-stream")
@@ -86,6 +88,8 @@ class Holder:
         self.model_version: str = ""
         self.error: str | None = None
         self.reject: Rejecter = _no_reject
+        # Counts a request the HTTP guard refused before any endpoint (by reason).
+        self.count_refusal: Callable[[str], None] = _no_count
 
     @property
     def ready(self) -> bool:
@@ -96,12 +100,19 @@ def _no_reject(endpoint: str, reason: str, seconds: float) -> None:
     del endpoint, reason, seconds
 
 
-class BodyError(Exception):
-    """Refused at the HTTP layer; ``reason`` is a value of the violations metric's label."""
+def _no_count(reason: str) -> None:
+    del reason
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+
+class BodyError(Exception):
+    """Refused at the HTTP layer; ``reason`` is a value of the violations metric's label
+    ("" for no input rule). ``counted``: the answer goes into the request counters (all
+    but a client that went away, which gets no answer)."""
+
+    def __init__(self, status: int, reason: str, message: str, counted: bool = True) -> None:
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
+        self.counted = counted
 
 
 def _json(obj: Any) -> bytes:
@@ -129,8 +140,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the request body, refusing before reading when Content-Length says too much."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> bytes:
+    """Read the request body, refusing before reading when Content-Length says too much,
+    and with a 408 when the whole body has not arrived ``timeout_s`` after the headers."""
     ctype = _header(scope, b"content-type")
     if (
         ctype is not None
@@ -154,17 +168,25 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BodyError(400, "", "client disconnected before sending the body")
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise BodyError(413, "body_too_large", f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BodyError(
+                        400, "", "client disconnected before sending the body", counted=False
+                    )
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise BodyError(413, "body_too_large", f"body is over the {limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise BodyError(
+            408, "", f"request body not received within {timeout_s:g}s ({total} bytes came)"
+        ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -199,9 +221,15 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 class ModelApp:
     """ASGI app serving /predict, /feedback, /metrics and the OIP v2 REST routes."""
 
-    def __init__(self, holder: Holder, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        holder: Holder,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    ) -> None:
         self.holder = holder
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.routes: dict[str, tuple[str, Handler]] = {
             "/predict": ("POST", self._predict),
             "/feedback": ("POST", self._feedback),
@@ -257,11 +285,16 @@ class ModelApp:
     ) -> bytes | None:
         started = time.perf_counter()
         try:
-            return await read_body(scope, receive, self.max_body_bytes)
+            return await read_body(scope, receive, self.max_body_bytes, self.body_timeout_s)
         except BodyError as exc:
-            if exc.reason:  # a client that went away broke no input rule
+            if exc.counted:
                 self.holder.reject(endpoint, exc.reason, time.perf_counter() - started)
-            await _error(send, exc.status, exc.message, _id_header(scope), exc.reason or None)
+            headers = _id_header(scope)
+            reason = exc.reason or None
+            if exc.status == 408:  # the rest of the body may still come: end the connection
+                headers["connection"] = "close"
+                reason = "body_timeout"
+            await _error(send, exc.status, exc.message, headers, reason)
             return None
 
     async def _not_ready(self, send: Send) -> None:
