@@ -27,10 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-GROUP = "mlrollout.io"
-VERSION = "v1alpha1"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
+from mlrollout.operator.api import API_VERSION, GROUP, KIND
+
 MANAGER = "mlrollout-operator"
 PART_OF = "mlrollout"
 SERVING_PORT = 8080
@@ -70,7 +68,7 @@ class Owner:
 
     def reference(self) -> Obj:
         return {
-            "apiVersion": f"{GROUP}/{VERSION}",
+            "apiVersion": API_VERSION,
             "kind": KIND,
             "name": self.name,
             "uid": self.uid,

@@ -21,6 +21,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
+# The API names live in api.py; they stay importable from here.
+from mlrollout.operator.api import GROUP as GROUP
+from mlrollout.operator.api import KIND as KIND
+from mlrollout.operator.api import PLURAL as PLURAL
+from mlrollout.operator.api import VERSION as VERSION
 from pydantic import (
     AfterValidator,
     AliasGenerator,
@@ -33,11 +38,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import WithJsonSchema
-
-GROUP = "mlrollout.io"
-VERSION = "v1alpha1"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -602,6 +602,13 @@ class Controls(_Spec):
         max_length=128,
         description="Set to a new token to try a rolled-back revision again.",
     )
+    paused: bool = Field(
+        default=False,
+        description=(
+            "Hold the canary at its current step while true (analysis keeps running and can "
+            "still roll it back; promote and abort still act). Set false to continue."
+        ),
+    )
 
 
 class ModelDeploymentSpec(_Spec):
@@ -780,6 +787,8 @@ class HistoryEntry(_Status):
 
     revision: str = Field(description="Revision id.")
     version: str = Field(description="Model version.")
+    uri: str | None = Field(default=None, description="Model artifact URI (for undo).")
+    sha256: str | None = Field(default=None, description="Expected sha256 of model.onnx.")
     outcome: Literal["deployed", "promoted", "rolledBack", "aborted", "superseded"] = Field(
         description="What happened to the revision."
     )
@@ -831,6 +840,10 @@ class ModelDeploymentStatus(_Status):
     stable_ready: bool = Field(default=False, description="The stable revision is ready.")
     canary: Revision | None = Field(default=None, description="The revision under analysis.")
     current_step: int = Field(default=0, description="Index into spec.rollout.steps.")
+    step: str = Field(
+        default="",
+        description="The current step as n/m while a canary runs (for kubectl get), else empty.",
+    )
     step_started_at: datetime | None = Field(
         default=None, description="When the current step's weight took effect."
     )

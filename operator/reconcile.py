@@ -7,8 +7,8 @@ One call observes, decides and applies, in this order:
 3. run the Prometheus queries the engine asks for (``plan_queries``), mapping failures to
    provider errors per query;
 4. ``decide``;
-5. apply: routes first (so traffic leaves a revision before it stops), then the final set
-   of revisions, then events.
+5. apply: routes first (so traffic leaves a revision before it stops), then events (the
+   decision is told before its consequences), then the final set of revisions.
 
 The caller persists ``ReconcileResult.status`` (kopf: ``patch.status``; local mode: a file)
 and calls again after ``requeue_after`` seconds or when the spec changes.
@@ -36,6 +36,7 @@ from mlrollout.operator.interfaces import (
     MetricsProvider,
     ProviderError,
     RevisionState,
+    RoutesChanged,
     Runtime,
     Sample,
     TrafficRouter,
@@ -136,22 +137,47 @@ def _apply(
     if decision.routing is not None and states is not None:
         table = routing_table(key, decision, states)
         if table is not None:
-            in_force = router.get_routes()
-            if _routes_differ(table, in_force):
-                generation = max(status.routing_generation, _generation(in_force)) + 1
-                table["generation"] = generation
-                router.set_routes(table)
+            generation = _put_routes(router, table, status.routing_generation)
+            if generation is not None:
                 status = status.model_copy(update={"routing_generation": generation})
-    if started is not None and decision.wanted is not None and set(decision.wanted) != started:
-        runtime.ensure_revisions(key, decision.wanted)
+    # Events before stopping revisions: the decision (say a failed analysis run and the
+    # rollback) is told before its consequence (the canary's server stopped).
     for event in decision.events:
         runtime.record(key, event)
+    if started is not None and decision.wanted is not None and set(decision.wanted) != started:
+        runtime.ensure_revisions(key, decision.wanted)
     return ReconcileResult(
         status=status.to_json(),
         events=decision.events,
         requeue_after=decision.requeue_after,
         decision=decision,
     )
+
+
+ROUTE_ATTEMPTS = 3
+
+
+def _put_routes(router: TrafficRouter, table: dict[str, Any], last: int) -> int | None:
+    """Write ``table`` unless it is in force; the generation written, or None.
+
+    The generation continues from the table in force, so it is read right before the
+    write; if another writer changed it in between (``RoutesChanged``), read and decide
+    again, a bounded number of times (then the reconcile fails and is retried).
+    """
+    for attempt in range(ROUTE_ATTEMPTS):
+        in_force = router.get_routes()
+        if not _routes_differ(table, in_force):
+            return None
+        generation = max(last, _generation(in_force)) + 1
+        try:
+            router.set_routes({**table, "generation": generation})
+        except RoutesChanged:
+            if attempt + 1 == ROUTE_ATTEMPTS:
+                raise
+            log.info("routing table changed while it was written; reading it again")
+            continue
+        return generation
+    return None  # unreachable: the last attempt returns or raises
 
 
 def routing_table(

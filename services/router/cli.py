@@ -17,7 +17,7 @@ import prometheus_client
 
 from .proxy import Router, RouterConfig
 from .server import start_server
-from .source import ConfigMapSource, FileSource, KubeAccess, TableSource
+from .source import ConfigMapSource, FileSource, KubeAccess, TableSource, watch_source
 
 log = logging.getLogger("mlrollout.router")
 
@@ -76,6 +76,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close client keep-alive connections idle this long (seconds)",
     )
     parser.add_argument(
+        "--max-header-bytes",
+        type=_positive(int),
+        default=64 << 10,
+        help="largest request line + headers accepted (431 above)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds a client may take to send a request's line and headers (408 after)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds a client may take to send a request body after its headers (408 after)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=_positive(float),
         default=10.0,
@@ -98,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_shadow_inflight=args.max_shadow_inflight,
         idle_timeout=args.idle_timeout,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     source: TableSource
     if args.table:
@@ -130,11 +151,15 @@ async def serve(
     router: Router, source: TableSource, host: str, port: int, grace: float = 10.0
 ) -> int:
     if isinstance(source, FileSource):
-        source.poll(router.offer)  # ready with the table before the first request
+        # Ready with the table before the first request.
+        source.poll(router.offer, reject=lambda message: router.reject(message, source.describe()))
+    cfg = router.config
     server = await start_server(
-        router, host, port, router.config.max_body_bytes, router.config.idle_timeout
-    )
-    watcher = asyncio.create_task(source.run(router.offer))
+        router, host, port, cfg.max_body_bytes, cfg.idle_timeout,
+        max_header_bytes=cfg.max_header_bytes, header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+    )  # fmt: skip
+    watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,16 +7,17 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.decide.testing import (
+from mlrollout.operator.interfaces import DeploymentKey, RoutesChanged
+from mlrollout.operator.model import ModelDeploymentSpec
+from mlrollout.operator.reconcile import ReconcileResult, reconcile
+
+from tests.doubles.decide import (
     FakeMetrics,
     FakeRouter,
     FakeRuntime,
     TrackTraffic,
     results_for,
 )
-from mlrollout.operator.interfaces import DeploymentKey
-from mlrollout.operator.model import ModelDeploymentSpec
-from mlrollout.operator.reconcile import ReconcileResult, reconcile
 
 KEY = DeploymentKey("team-a", "fraud")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -172,6 +173,39 @@ def test_generation_continues_from_the_table_in_force() -> None:
     result = loop.run(spec())
     assert loop.router.table is not None and loop.router.table["generation"] == 42
     assert result.status["routingGeneration"] == 42
+
+
+class RacedRouter(FakeRouter):
+    """Another writer puts a table in force between our read and our write, ``races`` times."""
+
+    def __init__(self, races: int) -> None:
+        super().__init__()
+        self.races = races
+
+    def set_routes(self, table: dict[str, Any]) -> None:
+        if self.races > 0:
+            self.races -= 1
+            gen = int((self.table or {}).get("generation", 0)) + 10
+            theirs = dict(table, generation=gen, weights={"stable": 99})
+            FakeRouter.set_routes(self, theirs)
+            raise RoutesChanged("the routing table changed since it was read")
+        super().set_routes(table)
+
+
+def test_a_table_changed_under_us_is_read_again_and_the_generation_recomputed() -> None:
+    loop = Loop()
+    loop.router = RacedRouter(races=2)
+    result = loop.run(spec())
+    # Theirs (10, then 20) were read back; ours continues after the last one in force.
+    assert [t["generation"] for t in loop.router.tables] == [10, 20, 21]
+    assert result.status["routingGeneration"] == 21
+
+
+def test_a_table_that_keeps_changing_fails_the_reconcile() -> None:
+    loop = Loop()
+    loop.router = RacedRouter(races=100)
+    with pytest.raises(RoutesChanged):
+        loop.run(spec())
 
 
 def test_no_routes_while_the_first_revision_is_not_ready() -> None:
