@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlrollout.services.server.testing import RunningServer
+
+from tests.doubles.server import RunningServer
 
 pytestmark = pytest.mark.integration
 

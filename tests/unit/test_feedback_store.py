@@ -19,7 +19,8 @@ from mlrollout.services.model import feedback as fb
 from mlrollout.services.model.artifact import load_artifact
 from mlrollout.services.model.dataplane import FEEDBACK_ID_HEADER, Dataplane
 from mlrollout.services.model.feedback import FeedbackStore, Lookup
-from mlrollout.services.model.testing import numeric_artifact, numeric_data
+
+from tests.doubles.model import numeric_artifact, numeric_data
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,9 @@ def test_store_is_bounded_in_bytes_and_that_bound_is_real_memory(artifact: Path)
 
 def test_a_regressor_keeps_its_predicted_values(tmp_path: Path) -> None:
     from mlrollout.services.model.export import export_model
-    from mlrollout.services.model.testing import NUMERIC_FEATURES
     from sklearn.linear_model import LinearRegression
+
+    from tests.doubles.model import NUMERIC_FEATURES
 
     X, _ = numeric_data()
     y = X @ np.arange(1, X.shape[1] + 1) + 0.5
