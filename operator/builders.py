@@ -34,6 +34,8 @@ PART_OF = "mlrollout"
 SERVING_PORT = 8080
 ROUTER_PORT = 8080
 TABLE_KEY = "table.json"
+# The router writes its guard's report here (services/router/source.py GUARD_KEY).
+GUARD_KEY = "guard.json"
 
 LABEL_REVISION = f"{GROUP}/revision"
 LABEL_TRACK = f"{GROUP}/track"
@@ -430,7 +432,8 @@ def routes_configmap(owner: Owner, table: Mapping[str, Any]) -> Obj:
 
 
 def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Obj]:
-    """Router Deployment plus the least RBAC it needs: read its own ConfigMap only."""
+    """Router Deployment plus the least RBAC it needs: read its own ConfigMap, and patch it
+    (the guard's report under ``guard.json``)."""
     md = owner.name
     name = check_name(f"{md}-router", "router name")
     cm = routes_configmap_name(md)
@@ -496,7 +499,7 @@ def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Ob
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [cm],
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["get", "list", "watch", "patch"],
             }
         ],
     }

@@ -77,6 +77,8 @@ class RoutingInputs:
     traffic: Traffic
     revisions: Mapping[str, str] = field(default_factory=dict)  # role -> revision id
     versions: Mapping[str, str] = field(default_factory=dict)  # role -> model version
+    # More table keys for the router when there is a canary (``agreement``, ``guard``).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
@@ -95,6 +97,10 @@ class TrafficRouter(Protocol):
 
     def get_routes(self) -> dict[str, Any] | None:
         """The routing table in force, or None when there is none yet."""
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """The router guard's report (with ``trip`` once it took the canary off), or None
+        when the router has none or cannot say (docs/routing.md, The router guard)."""
 
 
 class MetricsProvider(Protocol):

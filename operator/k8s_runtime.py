@@ -317,6 +317,13 @@ class ConfigMapRouter:
         sync_track_services(
             self.kube, self.owner, table, [lambda: self._table.write(self.kube, cm)]
         )
+        data = self._data()
+        if stale_guard(_parse_table(data.get(b.GUARD_KEY)), table):
+            # A trip of a canary this table no longer routes to (the rollback it caused is
+            # recorded): drop it, so a retry of the same revision starts unjudged.
+            name = b.routes_configmap_name(self.owner.name)
+            patch = {"data": {b.GUARD_KEY: None}}
+            self._table.saw(self.kube.merge_patch("ConfigMap", self.owner.namespace, name, patch))
 
     def get_routes(self) -> dict[str, Any] | None:
         cm = self._table.saw(
@@ -325,6 +332,16 @@ class ConfigMapRouter:
             )
         )
         return _parse_table((cm or {}).get("data", {}).get(b.TABLE_KEY))
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What the router wrote under ``guard.json`` when its guard tripped."""
+        return _parse_table(self._data().get(b.GUARD_KEY))
+
+    def _data(self) -> dict[str, Any]:
+        name = b.routes_configmap_name(self.owner.name)
+        cm = self.kube.get("ConfigMap", self.owner.namespace, name)
+        data = (cm or {}).get("data")
+        return data if isinstance(data, dict) else {}
 
 
 class HTTPRouteRouter:
@@ -349,10 +366,25 @@ class HTTPRouteRouter:
         # backendRefs is a list: merge-patch replaces it whole, which is what we want.
         self._route.write(self.kube, route)
 
+    def guard_report(self) -> dict[str, Any] | None:
+        return None  # no router guard behind a Gateway API route
+
     def get_routes(self) -> dict[str, Any] | None:
         route = self._route.saw(self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name))
         annotations = (route or {}).get("metadata", {}).get("annotations") or {}
         return _parse_table(annotations.get(TABLE_ANNOTATION))
+
+
+def stale_guard(report: Mapping[str, Any] | None, table: Mapping[str, Any]) -> bool:
+    """Whether a guard report names a canary other than the one ``table`` routes to."""
+    trip = (report or {}).get("trip")
+    if not isinstance(trip, Mapping):
+        return report is not None and "canary" not in (table.get("backends") or {})
+    canary = (table.get("backends") or {}).get("canary") or {}
+    return (trip.get("canaryVersion"), trip.get("canaryUrl")) != (
+        canary.get("version"),
+        canary.get("url"),
+    )
 
 
 def make_router(kube: Kube, owner: b.Owner, traffic: Traffic) -> ConfigMapRouter | HTTPRouteRouter:

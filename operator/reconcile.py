@@ -103,9 +103,18 @@ def reconcile(
     observations = Observations(
         revisions=states,
         metrics=_run_queries(metrics, queries, now),
+        router_guard=_guard_report(router) if current.canary is not None else None,
     )
     decision = decide(parsed, current, observations, now, generation)
     return _apply(key, decision, runtime, router, states, set(wanted))
+
+
+def _guard_report(router: TrafficRouter) -> dict[str, Any] | None:
+    try:
+        return router.guard_report()
+    except Exception as exc:  # the guard is an extra: never let it stop a reconcile
+        log.warning("cannot read the router guard's report: %s", exc)
+        return None
 
 
 def _run_queries(
@@ -207,6 +216,11 @@ def routing_table(
         "weights": weights,
         "stickyHeader": routing.traffic.sticky_header,
         "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
+        **(
+            {k: v for k, v in routing.options.items() if v is not None}
+            if "canary" in backends
+            else {}
+        ),
     }
 
 

@@ -502,7 +502,10 @@ class LocalSession:
             self.timeline.write_json(self.timeline_paths[0])
         if self.display is not None:
             steps = len(self.manifest.spec.rollout.steps)
-            self.display.show(entry, render(entry, self.manifest.name, steps, self.display.tty))
+            limits = check_limits(self.manifest.spec.rollout.analysis)
+            self.display.show(
+                entry, render(entry, self.manifest.name, steps, self.display.tty, limits=limits)
+            )
         return result
 
     def _check_infra(self) -> None:

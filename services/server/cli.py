@@ -12,12 +12,16 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["BENTOML_HOME"] = home
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"  # no usage analytics traffic
     try:
-        return _serve(args.host, args.port)
+        return _serve(args.host, args.port, _model_label(local))
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -210,7 +214,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _serve(host: str, port: int) -> int:
+def _model_label(artifact_dir: str) -> str:
+    try:
+        card = json.loads((Path(artifact_dir) / "model.json").read_text())
+        return f"{card['name']} {card['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return artifact_dir
+
+
+def _serve(host: str, port: int, label: str = "the model") -> int:
     # Imported only now: BentoML reads BENTOML_HOME when it is first used.
     from _bentoml_impl.server import serve_http
 
@@ -218,6 +230,27 @@ def _serve(host: str, port: int) -> int:
 
     svc = service.service
     svc.inject_config()
+    threading.Thread(target=_say_ready, args=(host, port, label), daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         serve_http(svc, host=host, port=port)
     return 0
+
+
+def _say_ready(host: str, port: int, label: str, timeout: float = 600.0) -> None:
+    """Print one line once /readyz answers 200, so a user (or a script) knows."""
+    base = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    print(
+                        f"ready: serving {label} "
+                        f"on {base} (POST {base}/predict, OIP {base}/v2/models/..., "
+                        f"metrics {base}/metrics)",
+                        flush=True,
+                    )
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)

@@ -14,6 +14,7 @@ import string
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -139,6 +140,15 @@ def test_health_and_readiness_routes(
     ]:
         assert request(server, path)[0] == 200, path
     assert request(server, "/v2/models/no-such-model/ready")[0] == 404
+
+
+def test_serve_says_when_it_is_ready(server: RunningServer) -> None:
+    """Issue 13: `serve` never printed a "ready" line."""
+    deadline = time.monotonic() + 20
+    while "ready: serving" not in server.log_tail(200) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    line = next(ln for ln in server.log_tail(200).splitlines() if "ready: serving" in ln)
+    assert f"http://127.0.0.1:{server.port}" in line and "/predict" in line
 
 
 def test_predict_instances_and_records(

@@ -47,6 +47,9 @@ class FakeRouter:
     def get_routes(self) -> dict[str, Any] | None:
         return self.table
 
+    def guard_report(self) -> dict[str, Any] | None:
+        return None
+
 
 class FakePlugins:
     def __init__(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.interfaces import DeploymentKey, RoutesChanged
+from mlrollout.operator.interfaces import DeploymentKey, Event, RoutesChanged
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
 
@@ -274,3 +274,23 @@ def test_every_table_written_is_accepted_by_the_router_in_order() -> None:
         parsed = parse_table(table)
         assert check_successor(current, parsed)
         current = parsed
+
+
+def test_the_decision_is_told_before_its_consequence() -> None:
+    """Issue 13: `Stopped: v3` was printed before the failing analysis run that caused it."""
+
+    class TellingRuntime(FakeRuntime):
+        def record(self, deployment: DeploymentKey, event: Event) -> None:
+            super().record(deployment, event)
+            self.log.append(f"event {event.reason}")
+
+    loop = Loop()
+    loop.runtime = TellingRuntime(loop.log)
+    loop.run(spec())
+    loop.feed(spec("v2"), "v1", "v2", TrackTraffic(requests=1000, errors=300))
+    loop.run(spec("v2"))
+    loop.run(spec("v2"))
+    stop = loop.log.index("stop v2")
+    told = [e for e in loop.log[:stop] if e.startswith("event ")]
+    assert "event AnalysisFailed" in told and "event RolledBack" in told
+    assert not any(e.startswith("event ") for e in loop.log[stop:])
