@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 
@@ -197,6 +198,8 @@ async def serve(
     watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if isinstance(source, ConfigMapSource):
+        router.on_trip = _report_trips(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())
@@ -211,3 +214,17 @@ async def serve(
         await watcher
     await router.aclose()
     return 0
+
+
+_REPORTS: set[asyncio.Task[bool]] = set()
+
+
+def _report_trips(source: ConfigMapSource) -> Callable[[dict[str, Any]], None]:
+    """Write each guard trip into the ConfigMap, off the request path."""
+
+    def report(doc: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(source.write_guard(doc))
+        _REPORTS.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(_REPORTS.discard)
+
+    return report

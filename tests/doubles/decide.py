@@ -116,6 +116,7 @@ class Scenario:
         self.failing: frozenset[str] = frozenset()
         self.custom: dict[str, float] = {}
         self.last: Decision | None = None
+        self.router_guard: dict[str, Any] | None = None  # what the router guard reports
 
     def set_model(self, version: str, **extra: Any) -> None:
         model = {
@@ -153,7 +154,8 @@ class Scenario:
                 custom=self.custom,
                 failing=self.failing,
             )
-            decision = decide(spec, status, Observations(states, metrics), self.now)
+            observed = Observations(states, metrics, router_guard=self.router_guard)
+            decision = decide(spec, status, observed, self.now)
         self.status = decision.status.to_json()
         self.events.extend(decision.events)
         if decision.wanted is not None:
@@ -221,6 +223,7 @@ class FakeRouter:
         self.tables: list[dict[str, Any]] = []  # every table written, in order
         self.writes = 0
         self.log = log if log is not None else []
+        self.guard: dict[str, Any] | None = None
 
     def set_routes(self, table: dict[str, Any]) -> None:
         self.table = dict(table)
@@ -232,6 +235,10 @@ class FakeRouter:
 
     def get_routes(self) -> dict[str, Any] | None:
         return self.table
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What a router's guard would report: set ``guard`` to simulate a trip."""
+        return self.guard
 
 
 class FakeMetrics:

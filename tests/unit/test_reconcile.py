@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.interfaces import DeploymentKey
+from mlrollout.operator.interfaces import DeploymentKey, Event, RoutesChanged
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
 
@@ -175,6 +175,39 @@ def test_generation_continues_from_the_table_in_force() -> None:
     assert result.status["routingGeneration"] == 42
 
 
+class RacedRouter(FakeRouter):
+    """Another writer puts a table in force between our read and our write, ``races`` times."""
+
+    def __init__(self, races: int) -> None:
+        super().__init__()
+        self.races = races
+
+    def set_routes(self, table: dict[str, Any]) -> None:
+        if self.races > 0:
+            self.races -= 1
+            gen = int((self.table or {}).get("generation", 0)) + 10
+            theirs = dict(table, generation=gen, weights={"stable": 99})
+            FakeRouter.set_routes(self, theirs)
+            raise RoutesChanged("the routing table changed since it was read")
+        super().set_routes(table)
+
+
+def test_a_table_changed_under_us_is_read_again_and_the_generation_recomputed() -> None:
+    loop = Loop()
+    loop.router = RacedRouter(races=2)
+    result = loop.run(spec())
+    # Theirs (10, then 20) were read back; ours continues after the last one in force.
+    assert [t["generation"] for t in loop.router.tables] == [10, 20, 21]
+    assert result.status["routingGeneration"] == 21
+
+
+def test_a_table_that_keeps_changing_fails_the_reconcile() -> None:
+    loop = Loop()
+    loop.router = RacedRouter(races=100)
+    with pytest.raises(RoutesChanged):
+        loop.run(spec())
+
+
 def test_no_routes_while_the_first_revision_is_not_ready() -> None:
     loop = Loop()
     loop.runtime.not_ready = {"v1"}
@@ -241,3 +274,23 @@ def test_every_table_written_is_accepted_by_the_router_in_order() -> None:
         parsed = parse_table(table)
         assert check_successor(current, parsed)
         current = parsed
+
+
+def test_the_decision_is_told_before_its_consequence() -> None:
+    """Issue 13: `Stopped: v3` was printed before the failing analysis run that caused it."""
+
+    class TellingRuntime(FakeRuntime):
+        def record(self, deployment: DeploymentKey, event: Event) -> None:
+            super().record(deployment, event)
+            self.log.append(f"event {event.reason}")
+
+    loop = Loop()
+    loop.runtime = TellingRuntime(loop.log)
+    loop.run(spec())
+    loop.feed(spec("v2"), "v1", "v2", TrackTraffic(requests=1000, errors=300))
+    loop.run(spec("v2"))
+    loop.run(spec("v2"))
+    stop = loop.log.index("stop v2")
+    told = [e for e in loop.log[:stop] if e.startswith("event ")]
+    assert "event AnalysisFailed" in told and "event RolledBack" in told
+    assert not any(e.startswith("event ") for e in loop.log[stop:])
