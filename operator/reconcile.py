@@ -53,6 +53,7 @@ class ReconcileResult:
     events: tuple[Event, ...]
     requeue_after: float  # seconds
     decision: Decision
+    state: ModelDeploymentStatus  # the same status, typed: read this, not ``status`` keys
 
 
 def load_status(raw: Mapping[str, Any] | None) -> ModelDeploymentStatus:
@@ -160,6 +161,7 @@ def _apply(
         events=decision.events,
         requeue_after=decision.requeue_after,
         decision=decision,
+        state=status,
     )
 
 

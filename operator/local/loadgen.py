@@ -9,8 +9,8 @@ still prints (and writes) its report.
 Records come from a JSON file: a list (or JSON lines) of feature objects, or of
 ``{"record": {...}, "label": y}`` as ``mlrollout examples`` writes them. A record may
 carry its true label under ``--label-field``; the label is then taken out of the features
-and, for ``--feedback`` of the requests, posted to ``/feedback`` with the request id of
-the prediction it belongs to.
+and, for ``--feedback`` of the requests, posted to ``/feedback`` with the feedback id the
+server issued for the prediction it belongs to (header ``x-mlrollout-feedback-id``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any
 DEFAULT_LABEL_FIELD = "label"
 # The router names the track that answered; sending it back pins feedback to that track.
 TRACK_HEADER = "x-mlrollout-track"
+# The server-issued key a label is posted with (docs/serving.md, "Feedback").
+FEEDBACK_ID_HEADER = "x-mlrollout-feedback-id"
 VERSION_HEADER = "x-mlrollout-version"
 SERIES_LIMIT = 3600  # one-second buckets kept at most (an hour of load)
 
@@ -235,7 +237,7 @@ async def generate(
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         rows = [records[order[(i * config.batch + k) % len(records)]] for k in range(config.batch)]
         request_id = f"lg-{i}"
-        track = version = None
+        track = version = feedback_id = None
         t0 = time.monotonic()
         try:
             async with session.post(
@@ -245,8 +247,8 @@ async def generate(
             ) as resp:
                 await resp.read()
                 status = str(resp.status)
-                request_id = resp.headers.get("x-request-id", request_id)
                 track = resp.headers.get(TRACK_HEADER)
+                feedback_id = resp.headers.get(FEEDBACK_ID_HEADER)
                 version = resp.headers.get(VERSION_HEADER)
         except (aiohttp.ClientConnectionError, ConnectionError):
             status = "connect_error"
@@ -259,8 +261,13 @@ async def generate(
         report.latencies_s.append(time.monotonic() - t0)
         report.add(int(t0 - started), status, version)
         labels = [r.label for r in rows]
-        if status.startswith("2") and wants_feedback(i, config.feedback) and None not in labels:
-            await _feedback(session, base, request_id, labels, track, report)
+        if (
+            status.startswith("2")
+            and feedback_id
+            and wants_feedback(i, config.feedback)
+            and None not in labels
+        ):
+            await _feedback(session, base, feedback_id, labels, track, report)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         i = 0
@@ -293,12 +300,12 @@ async def generate(
 async def _feedback(
     session: Any,
     base: str,
-    request_id: str,
+    feedback_id: str,
     labels: list[Any],
     track: str | None,
     report: LoadReport,
 ) -> None:
-    body = {"request_id": request_id, "labels": labels}
+    body = {"feedback_id": feedback_id, "labels": labels}
     # Through the router, the label must reach the server that made the prediction.
     headers = {TRACK_HEADER: track} if track else {}
     try:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlrollout.services.osutil import write_atomic
 from mlrollout.services.router.table import TableError, check_successor, parse_table
 
 log = logging.getLogger(__name__)
@@ -47,17 +46,7 @@ class FileRouter:
                 # rather than write a table the router would silently ignore.
                 raise TableError(f"{self.path}: {exc}") from exc
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(table, indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".table-", suffix=".json", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(table, indent=2, sort_keys=True) + "\n", fsync=True)
         self._confirm(new.generation)
 
     def _confirm(self, generation: int) -> None:

@@ -8,12 +8,12 @@ JSON is pure apart from the file; the plot uses matplotlib's Agg backend (no dis
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mlrollout.services.osutil import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -96,14 +96,7 @@ class Timeline:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 PANELS = ("canary weight (%)", "error rate", "drift score", "latency (s)")

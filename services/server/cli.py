@@ -23,8 +23,9 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from .settings import TRACKS, Settings, SettingsError, env_int
+from .settings import TRACKS, Settings, SettingsError, env_float, env_int
 
 HOME_PREFIX = "mlrollout-serve-"
 EXIT_USAGE = 2
@@ -64,6 +65,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="rows per drift test window (default: $MLROLLOUT_DRIFT_WINDOW or 1000)",
+    )
+    add(
+        "--feedback-bytes",
+        type=int,
+        default=None,
+        help="bytes of predictions kept for /feedback, 0 = off "
+        f"(default: $MLROLLOUT_FEEDBACK_BYTES or {Settings.feedback_bytes})",
+    )
+    add(
+        "--max-header-bytes",
+        type=int,
+        default=None,
+        help="request line + headers limit, larger is 431 "
+        f"(default: $MLROLLOUT_MAX_HEADER_BYTES or {Settings.max_header_bytes})",
+    )
+    add(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds for a request's headers to arrive, else 408 "
+        f"(default: $MLROLLOUT_HEADER_TIMEOUT_S or {Settings.header_timeout_s:g})",
+    )
+    add(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help="seconds for a request's body to arrive once its headers have, else 408 "
+        f"(default: $MLROLLOUT_BODY_TIMEOUT_S or {Settings.body_timeout_s:g})",
     )
     add("--tracing", action="store_true", help="let OpenTelemetry trace the model routes too")
     add("--access-log", action="store_true", help="log every request (BentoML access log)")
@@ -120,6 +149,24 @@ def run(args: argparse.Namespace) -> int:
             ),
             tracing=args.tracing,
             access_log=args.access_log,
+            feedback_bytes=_or_env(
+                args.feedback_bytes, env_int, "MLROLLOUT_FEEDBACK_BYTES", Settings.feedback_bytes
+            ),
+            max_header_bytes=_or_env(
+                args.max_header_bytes,
+                env_int,
+                "MLROLLOUT_MAX_HEADER_BYTES",
+                Settings.max_header_bytes,
+            ),
+            header_timeout_s=_or_env(
+                args.header_timeout,
+                env_float,
+                "MLROLLOUT_HEADER_TIMEOUT_S",
+                Settings.header_timeout_s,
+            ),
+            body_timeout_s=_or_env(
+                args.body_timeout, env_float, "MLROLLOUT_BODY_TIMEOUT_S", Settings.body_timeout_s
+            ),
         )
     except SettingsError as exc:
         return _fail(EXIT_USAGE, str(exc))
@@ -143,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args.host, args.port, _model_label(local))
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _or_env(given: Any, read: Any, name: str, default: Any) -> Any:
+    return given if given is not None else read(os.environ, name, default)
 
 
 def _remove_stale_homes() -> None:

@@ -16,7 +16,7 @@ from mlrollout.operator import builders as b
 from mlrollout.operator import handlers as h
 from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, RevisionState, Sample
 from mlrollout.operator.model import Traffic
-from mlrollout.operator.reconcile import ReconcileResult
+from mlrollout.operator.reconcile import ReconcileResult, load_status
 from mlrollout.operator.settings import OperatorSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -92,7 +92,13 @@ class Scripted:
 def result(
     status: dict[str, Any], events: tuple[Event, ...] = (), requeue: float = 30.0
 ) -> ReconcileResult:
-    return ReconcileResult(status=status, events=events, requeue_after=requeue, decision=None)  # type: ignore[arg-type]
+    return ReconcileResult(
+        status=status,
+        events=events,
+        requeue_after=requeue,
+        decision=None,  # type: ignore[arg-type]
+        state=load_status(status),
+    )
 
 
 class Clock:

@@ -75,6 +75,7 @@ class FakeModel:
             "x-request-id": rid,
             "x-mlrollout-track": "canary",
             "x-mlrollout-version": version,
+            "x-mlrollout-feedback-id": f"fb-{rid}",
         }
         return web.json_response({"predictions": [0] * len(body)}, headers=headers)
 
@@ -111,7 +112,8 @@ async def test_counts_outcomes_and_sends_feedback(fake_model) -> None:
     assert all(len(body) == 2 for body in model.predictions)
     assert report.feedback_sent == len(model.feedback) > 0
     first, track = model.feedback[0]
-    assert first["request_id"].startswith("lg-") and len(first["labels"]) == 2
+    # Labels go with the server-issued feedback id, not the client's request id.
+    assert first["feedback_id"].startswith("fb-lg-") and len(first["labels"]) == 2
     assert track == "canary"  # sent back to the track that made the prediction
     assert json.loads(json.dumps(report.to_json()))["sent"] == 20
 
