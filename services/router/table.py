@@ -104,12 +104,14 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
     if agreement is not None and agreement.percent > 0 and "canary" not in backends:
         problems.append("agreement.percent > 0 needs a canary backend")
     guard = parse_guard(doc.get("guard"), problems)
-    track_header = doc.get("trackHeader")
-    if track_header is None:
-        track_header = "off"
-    elif track_header not in TRACK_HEADER_MODES or not isinstance(track_header, str):
+    given = doc.get("trackHeader")
+    track_header: TrackHeader = "off"
+    for mode in TRACK_HEADER_MODES:
+        if isinstance(given, str) and given == mode:
+            track_header = mode
+    if given is not None and given != track_header:
         modes = ", ".join(TRACK_HEADER_MODES)
-        problems.append(f"trackHeader must be one of {modes} (or null), got {track_header!r}")
+        problems.append(f"trackHeader must be one of {modes} (or null), got {given!r}")
     if problems:
         raise TableError("invalid routing table: " + "; ".join(problems))
     return RoutingTable(
