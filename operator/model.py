@@ -632,6 +632,15 @@ class Traffic(_Spec):
         le=100,
         description="Percent of stable traffic mirrored to the canary; responses discarded.",
     )
+    track_header: Literal["off", "weighted", "always"] = Field(
+        default="off",
+        description=(
+            "Whether a client may pick the track with the x-mlrollout-track header. off: "
+            "ignored. weighted: stable, or a canary while its weight is above 0. always: also "
+            "a canary at weight 0 (e.g. a shadow step). A rolled-back canary is never "
+            "reachable. Feedback is pinned to the track that predicted in every mode."
+        ),
+    )
 
     agreement: AgreementMirror | None = Field(
         default=None,
@@ -648,6 +657,8 @@ class Traffic(_Spec):
             raise ValueError("traffic.gateway is required when traffic.router is gatewayAPI")
         if self.router == "gatewayAPI" and self.shadow_percent:
             raise ValueError("traffic.shadowPercent needs the builtin router")
+        if self.router == "gatewayAPI" and self.track_header != "off":
+            raise ValueError("traffic.trackHeader needs the builtin router")
         if self.router == "gatewayAPI" and self.agreement is not None and self.agreement.percent:
             raise ValueError("traffic.agreement needs the builtin router")
         return self
@@ -812,6 +823,11 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": "self.router != 'gatewayAPI' || !has(self.shadowPercent) || "
             "self.shadowPercent == 0",
             "message": "shadowPercent needs the builtin router",
+        },
+        {
+            "rule": "self.router != 'gatewayAPI' || !has(self.trackHeader) || "
+            "self.trackHeader == 'off'",
+            "message": "trackHeader needs the builtin router",
         },
         {
             "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "

@@ -82,6 +82,17 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "traffic.agreement needs the builtin router",
         "agreement needs the builtin router",
     ),
+    (
+        with_(
+            traffic={
+                "router": "gatewayAPI",
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "trackHeader": "weighted",
+            }
+        ),
+        "traffic.trackHeader needs the builtin router",
+        "trackHeader needs the builtin router",
+    ),
     (with_(traffic={"agreement": {"percent": 101}}), "less than or equal to 100", None),
     (with_(traffic={"agreement": {"source": "both"}}), "'canary' or 'stable'", None),
     (with_(traffic={"guard": {"alpha": 0}}), "greater than 0", None),
