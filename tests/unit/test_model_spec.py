@@ -94,6 +94,20 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "window must be longer than 0s",
     ),
     (
+        with_(rollout={"analysis": {"stepDeadline": "0s"}}),
+        "analysis.stepDeadline must be longer than 0s",
+        "stepDeadline must be longer than 0s",
+    ),
+    # The router mirrors requests for the agreement gate; an HTTPRoute cannot.
+    (
+        with_(
+            rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}},
+            traffic={"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}},
+        ),
+        "agreement needs the builtin router",
+        "agreement needs the builtin router",
+    ),
+    (
         with_(rollout={"analysis": {"maxStaleness": "0m"}}),
         "analysis.maxStaleness must be longer than 0s",
         "maxStaleness must be longer than 0s",
