@@ -127,6 +127,40 @@ class Kube:
             kubernetes.config.load_kube_config(client_configuration=configuration)
         return cls(configuration, timeout)
 
+    @classmethod
+    def from_kubeconfig(
+        cls, path: str | None = None, context: str | None = None, timeout: float = 10.0
+    ) -> tuple[Kube, str]:
+        """A client for a kubeconfig context (as kubectl picks it) and that context's namespace.
+
+        Without ``path`` and ``context``, in-cluster credentials are used when present.
+        """
+        configuration = kubernetes.client.Configuration()
+        if path is None and context is None:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+                ns_file = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+                try:
+                    with open(ns_file) as fh:
+                        return cls(configuration, timeout), fh.read().strip() or "default"
+                except OSError:
+                    return cls(configuration, timeout), "default"
+            except kubernetes.config.ConfigException:
+                pass
+        kubernetes.config.load_kube_config(
+            config_file=path, context=context, client_configuration=configuration
+        )
+        namespace = "default"
+        try:
+            contexts, active = kubernetes.config.list_kube_config_contexts(config_file=path)
+            chosen = (
+                next((c for c in contexts if c["name"] == context), active) if context else active
+            )
+            namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+        except (kubernetes.config.ConfigException, KeyError, TypeError):
+            pass
+        return cls(configuration, timeout), namespace
+
     # --- raw ----------------------------------------------------------------------------
 
     def request(

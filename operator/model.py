@@ -669,6 +669,13 @@ class Controls(_Spec):
         max_length=128,
         description="Set to a new token to try a rolled-back revision again.",
     )
+    paused: bool = Field(
+        default=False,
+        description=(
+            "Hold the canary at its current step while true (analysis keeps running and can "
+            "still roll it back; promote and abort still act). Set false to continue."
+        ),
+    )
 
 
 class ModelDeploymentSpec(_Spec):
@@ -897,6 +904,8 @@ class HistoryEntry(_Status):
 
     revision: str = Field(description="Revision id.")
     version: str = Field(description="Model version.")
+    uri: str | None = Field(default=None, description="Model artifact URI (for undo).")
+    sha256: str | None = Field(default=None, description="Expected sha256 of model.onnx.")
     outcome: Literal["deployed", "promoted", "rolledBack", "aborted", "superseded"] = Field(
         description="What happened to the revision."
     )
@@ -948,6 +957,10 @@ class ModelDeploymentStatus(_Status):
     stable_ready: bool = Field(default=False, description="The stable revision is ready.")
     canary: Revision | None = Field(default=None, description="The revision under analysis.")
     current_step: int = Field(default=0, description="Index into spec.rollout.steps.")
+    step: str = Field(
+        default="",
+        description="The current step as n/m while a canary runs (for kubectl get), else empty.",
+    )
     step_started_at: datetime | None = Field(
         default=None, description="When the current step's weight took effect."
     )

@@ -7,8 +7,8 @@ One call observes, decides and applies, in this order:
 3. run the Prometheus queries the engine asks for (``plan_queries``), mapping failures to
    provider errors per query;
 4. ``decide``;
-5. apply: routes first (so traffic leaves a revision before it stops), then the final set
-   of revisions, then events.
+5. apply: routes first (so traffic leaves a revision before it stops), then events (the
+   decision is told before its consequences), then the final set of revisions.
 
 The caller persists ``ReconcileResult.status`` (kopf: ``patch.status``; local mode: a file)
 and calls again after ``requeue_after`` seconds or when the spec changes.
@@ -142,10 +142,12 @@ def _apply(
                 table["generation"] = generation
                 router.set_routes(table)
                 status = status.model_copy(update={"routing_generation": generation})
-    if started is not None and decision.wanted is not None and set(decision.wanted) != started:
-        runtime.ensure_revisions(key, decision.wanted)
+    # Events before stopping revisions: the decision (say a failed analysis run and the
+    # rollback) is told before its consequence (the canary's server stopped).
     for event in decision.events:
         runtime.record(key, event)
+    if started is not None and decision.wanted is not None and set(decision.wanted) != started:
+        runtime.ensure_revisions(key, decision.wanted)
     return ReconcileResult(
         status=status.to_json(),
         events=decision.events,

@@ -171,6 +171,11 @@ def decide(
     else:
         requeue = min(requeue, _progress(w, spec, observations))
     _conditions(w)
+    st.step = (
+        f"{min(st.current_step, len(spec.rollout.steps) - 1) + 1}/{len(spec.rollout.steps)}"
+        if st.canary is not None
+        else ""
+    )
     routing = _routing(spec, st)
     return Decision(
         status=st,
@@ -380,6 +385,13 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
     steps = spec.rollout.steps
     step = steps[st.current_step]
     where = f"step {st.current_step + 1}/{len(steps)} at {step.weight}%"
+    if spec.controls.paused:
+        set_phase(
+            w,
+            Phase.PAUSED,
+            f"{where}: paused by spec.controls.paused (analysis keeps running)",
+        )
+        return parse_duration(spec.rollout.analysis.interval)
     if not a.step_passed:
         cfg = spec.rollout.analysis
         policy = cfg.on_provider_error

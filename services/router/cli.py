@@ -17,7 +17,7 @@ import prometheus_client
 
 from .proxy import Router, RouterConfig
 from .server import start_server
-from .source import ConfigMapSource, FileSource, KubeAccess, TableSource
+from .source import ConfigMapSource, FileSource, KubeAccess, TableSource, watch_source
 
 log = logging.getLogger("mlrollout.router")
 
@@ -130,11 +130,12 @@ async def serve(
     router: Router, source: TableSource, host: str, port: int, grace: float = 10.0
 ) -> int:
     if isinstance(source, FileSource):
-        source.poll(router.offer)  # ready with the table before the first request
+        # Ready with the table before the first request.
+        source.poll(router.offer, reject=lambda message: router.reject(message, source.describe()))
     server = await start_server(
         router, host, port, router.config.max_body_bytes, router.config.idle_timeout
     )
-    watcher = asyncio.create_task(source.run(router.offer))
+    watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from mlrollout.operator.local.procs import Supervisor
-from mlrollout.services.bench.__main__ import SMOKE_SCALE
-from mlrollout.services.bench.operator_scale import markdown, run_operator_scale
+
+from bench.__main__ import SMOKE_SCALE
+from bench.operator_scale import markdown, run_operator_scale
 
 pytestmark = pytest.mark.integration
 

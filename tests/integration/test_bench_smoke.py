@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]  # bench/ runs from the checkout, as `make bench` does
 
 
 def test_bench_smoke_writes_report(tmp_path: Path) -> None:
@@ -17,14 +18,14 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "mlrollout.services.bench",
+        "bench",
         "--smoke",
         "--out",
         str(out),
         "--state",
         str(tmp_path / "state"),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "bench" / "results.json").read_text())
     cells = {c["server"]: c for c in results["serving"]["cells"]}

@@ -22,15 +22,16 @@ import pytest
 from mlrollout.services.netutil import free_port
 from mlrollout.services.router.proxy import Router, RouterConfig
 from mlrollout.services.router.server import start_server
-from mlrollout.services.router.testing import FakeBackend, table_doc
-from mlrollout.services.server.testing import (
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import FakeBackend, table_doc
+from tests.doubles.server import (
     descendants,
     http_status,
     serve_command,
     spawn,
     wait_ready,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 

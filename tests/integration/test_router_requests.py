@@ -13,8 +13,9 @@ import pytest
 from mlrollout.services.netutil import free_port
 from mlrollout.services.router.proxy import Reply, Request, Router, RouterConfig
 from mlrollout.services.router.server import start_server
-from mlrollout.services.router.testing import FakeBackend, table_doc
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import FakeBackend, table_doc
 
 pytestmark = pytest.mark.integration
 

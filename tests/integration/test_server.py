@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from mlrollout.services.netutil import free_port
-from mlrollout.services.server.testing import (
+
+from tests.doubles.server import (
     FileServer,
     RunningServer,
     serve_command,

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from mlrollout.operator import queries as q
 from mlrollout.operator.decide import analysis, checks
-from mlrollout.operator.decide.testing import TrackTraffic, results_for
 from mlrollout.operator.model import Analysis, Verdict
+
+from tests.doubles.decide import TrackTraffic, results_for
 
 OK = TrackTraffic(requests=5000, errors=1, latency=0.05)
 

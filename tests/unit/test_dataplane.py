@@ -13,15 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlrollout.services.model.artifact import load_artifact
 from mlrollout.services.model.dataplane import Dataplane, fault_rate_from_env
-from mlrollout.services.model.testing import (
+from mlrollout.services.model.validation import Reason
+from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
+
+from tests.doubles.model import (
     NUMERIC_FEATURES,
     mixed_artifact,
     mixed_data,
     numeric_artifact,
     numeric_data,
 )
-from mlrollout.services.model.validation import Reason
-from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 
 @pytest.fixture(scope="module")

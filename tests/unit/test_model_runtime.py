@@ -14,8 +14,9 @@ from mlrollout.services.model.artifact import ArtifactError, load_artifact
 from mlrollout.services.model.dataplane import Dataplane
 from mlrollout.services.model.export import export_model
 from mlrollout.services.model.runtime import ModelError, OnnxModel
-from mlrollout.services.model.testing import numeric_artifact, numeric_data
 from mlrollout.services.model.validation import Batch
+
+from tests.doubles.model import numeric_artifact, numeric_data
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import pytest
 from mlrollout.services.cli import main as cli_main
 from mlrollout.services.model.dataplane import Dataplane
 from mlrollout.services.model.export import ExportError, export_model, read_csv
-from mlrollout.services.model.testing import numeric_artifact, numeric_data
 from mlrollout.services.model.validation import Feature, InputError, Reason, Validator
 from mlrollout.services.router.compare import compare_bodies
 from mlrollout.services.router.table import choose, parse_table
+
+from tests.doubles.model import numeric_artifact, numeric_data
 
 NUMERIC = Validator([Feature(n, "numeric") for n in ("a", "b", "c")])
 

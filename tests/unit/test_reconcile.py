@@ -7,16 +7,17 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.decide.testing import (
+from mlrollout.operator.interfaces import DeploymentKey
+from mlrollout.operator.model import ModelDeploymentSpec
+from mlrollout.operator.reconcile import ReconcileResult, reconcile
+
+from tests.doubles.decide import (
     FakeMetrics,
     FakeRouter,
     FakeRuntime,
     TrackTraffic,
     results_for,
 )
-from mlrollout.operator.interfaces import DeploymentKey
-from mlrollout.operator.model import ModelDeploymentSpec
-from mlrollout.operator.reconcile import ReconcileResult, reconcile
 
 KEY = DeploymentKey("team-a", "fraud")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

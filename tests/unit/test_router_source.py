@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from mlrollout.services.router.proxy import Router, RouterConfig
 from mlrollout.services.router.source import FileSource
-from mlrollout.services.router.testing import table_doc, write_table
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import table_doc, write_table
 
 
 def sample(router: Router, name: str, **labels: str) -> float | None:

@@ -1,103 +1,138 @@
-"""Anytime-valid statistics: coverage and false-alarm rates hold however often one looks."""
+"""The anytime-valid mixture tests (services/sequential.py): exactness, validity, power."""
 
 from __future__ import annotations
 
 import math
+import random
 
-import numpy as np
 import pytest
-import scipy.stats
-from mlrollout.operator.decide import checks
-from mlrollout.operator.decide import sequential as seq
+from mlrollout.services import sequential as sq
 
 
-def test_rate_bounds_contain_the_estimate_and_shrink() -> None:
-    lo, hi = seq.rate_bounds([0, 5, 50, 500], [100, 100, 100, 1000], 0.01)
-    assert lo[0] == 0.0 and 0 < hi[0] < 0.1
-    assert (lo <= np.array([0, 0.05, 0.5, 0.5])).all()
-    assert (hi >= np.array([0, 0.05, 0.5, 0.5])).all()
-    _, hi_more = seq.rate_bounds(0, 10_000, 0.01)
-    assert hi_more[0] < hi[0] / 50
-    assert seq.rate_bounds(0, 0, 0.05) == (pytest.approx([0.0]), pytest.approx([1.0]))
+def _brute_e(hits: int, misses: int, p0: float, ratios: tuple[float, ...]) -> float:
+    """The mixture e-value straight from its definition: mean over r of the product of LRs."""
+    total = 0.0
+    for r in ratios:
+        pr = r * p0 / (r * p0 + 1 - p0)
+        total += (pr / p0) ** hits * ((1 - pr) / (1 - p0)) ** misses
+    return total / len(ratios)
 
 
-def test_rate_bounds_are_the_set_where_the_mixture_stays_below_one_over_alpha() -> None:
-    k, n, alpha = 7, 300, 0.05
-    lo, hi = seq.rate_bounds(k, n, alpha)
-    for p, inside in ((lo[0] * 1.001, True), (hi[0] * 0.999, True), (lo[0] * 0.99, False)):
-        assert (seq.rate_log_evalue(k, n, p) < math.log(1 / alpha)) == inside
+@pytest.mark.parametrize(
+    ("hits", "misses", "p0"), [(0, 0, 0.1), (3, 0, 0.1), (5, 20, 0.3), (1, 50, 0.02)]
+)
+def test_closed_form_matches_definition(hits: int, misses: int, p0: float) -> None:
+    got = math.exp(sq.log_e_value(hits, misses, p0))
+    assert got == pytest.approx(_brute_e(hits, misses, p0, sq.DEFAULT_RATIOS), rel=1e-12)
 
 
-@pytest.mark.parametrize("p", [0.001, 0.02, 0.5])
-def test_rate_bounds_cover_at_every_look_with_probability_one_minus_alpha(p: float) -> None:
-    # 1000 paths of 2000 trials, looked at after every 20 trials: a path fails if the bound
-    # misses p at ANY look. A fixed-sample interval would miss far more often.
-    rng = np.random.default_rng(7)
-    alpha, paths, length, every = 0.05, 1000, 2000, 20
-    hits = rng.random((paths, length)) < p
-    k = np.cumsum(hits, axis=1)[:, every - 1 :: every]
-    n = np.broadcast_to(np.arange(every, length + 1, every), k.shape)
-    lo, hi = seq.rate_bounds(k.ravel(), n.ravel().astype(float), alpha)
-    missed = ((lo > p) | (hi < p)).reshape(k.shape).any(axis=1)
-    assert missed.mean() <= alpha
+def test_incremental_matches_closed_form_in_any_order() -> None:
+    rng = random.Random(7)
+    events = [True] * 6 + [False] * 40
+    rng.shuffle(events)
+    test = sq.SequentialTest()
+    for hit in events:
+        test.observe(hit, 0.2)
+    assert test.hits == 6 and test.misses == 40
+    assert test.log_e == pytest.approx(sq.log_e_value(6, 40, 0.2), abs=1e-12)
 
 
-def test_split_evalue_grows_on_canary_errors_and_not_on_stables() -> None:
-    assert seq.split_log_evalue(4, 4, 0.1) > math.log(100)  # 4 errors, all the canary's
-    assert seq.split_log_evalue(0, 40, 0.1) < 0  # the canary is better: no evidence
-    assert seq.split_log_evalue(5, 10, 0.5) < 0
-    assert seq.split_log_evalue(0, 0, 0.3) == 0.0
-    assert seq.split_log_evalue(3, 3, 1.0) == 0.0  # stable served nothing: no comparison
+def test_no_evidence_is_e_one_and_misses_only_lower_it() -> None:
+    assert sq.log_e_value(0, 0, 0.3) == 0.0
+    assert sq.log_e_value(0, 10, 0.3) < 0.0
+    assert sq.log_e_value(4, 0, 0.3) > sq.log_e_value(4, 1, 0.3)
 
 
-def test_split_evalue_false_alarm_rate_holds_under_continuous_monitoring() -> None:
-    # Equal error rates, canary share 0.2: each error is the canary's with probability 0.2.
-    # Look after every error for 400 errors; reject at e >= 1/alpha.
-    rng = np.random.default_rng(3)
-    alpha, paths, length = 0.05, 1000, 400
-    labels = rng.random((paths, length)) < 0.2
-    x = np.cumsum(labels, axis=1)
+def test_error_split_null_follows_share_and_ratio() -> None:
+    assert sq.split_null(0.1) == pytest.approx(0.1)
+    # A tolerated doubling of the canary's rate: at 10 % traffic 2 x 0.1 / (0.2 + 0.9).
+    assert sq.split_null(0.1, 2.0) == pytest.approx(0.2 / 1.1)
+
+
+def test_guard_grid_needs_three_canary_errors_at_ten_percent() -> None:
+    # A canary failing most requests while stable fails none: every error is the canary's.
+    assert sq.hits_needed(0.1, 0.01, sq.GUARD_RATIOS) == 3
+    # 50 % traffic: at most 2x per error; the definition says 8 (133 >= 100; 7 gives 66).
+    assert sq.hits_needed(0.5, 0.01, sq.GUARD_RATIOS) == 8
+    assert _brute_e(8, 0, 0.5, sq.GUARD_RATIOS) >= 100 > _brute_e(7, 0, 0.5, sq.GUARD_RATIOS)
+
+
+def test_stable_errors_cancel_canary_errors() -> None:
+    # Errors split as the traffic does: no evidence against the canary whatever the count.
+    assert sq.error_split_log_e(10, 90, 0.1) < 0
+    assert sq.error_split_log_e(30, 30, 0.1) > sq.threshold(0.01)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.5, float("nan")])
+def test_bad_arguments_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError):
+        sq.log_e_value(1, 1, bad)
+    with pytest.raises(ValueError):
+        sq.threshold(bad)
+    with pytest.raises(ValueError):
+        sq.disagreement_log_e(1, 1, bad)
+    with pytest.raises(ValueError):
+        sq.SequentialTest().observe(True, bad)
+
+
+def test_bad_grids_and_counts_are_refused() -> None:
+    with pytest.raises(ValueError):
+        sq.SequentialTest(ratios=())
+    with pytest.raises(ValueError):
+        sq.log_e_value(1, 1, 0.5, ratios=(0.5, 2.0))
+    with pytest.raises(ValueError):
+        sq.log_e_value(-1, 1, 0.5)
+    with pytest.raises(ValueError):
+        sq.split_null(0.1, 0.5)
+
+
+def _false_alarm_rate(p_true: float, p0_of: object, runs: int, events: int, alpha: float) -> float:
+    rng = random.Random(20261201)
     crossed = 0
-    for row in x:
-        for m in range(1, length + 1, 3):
-            if seq.split_log_evalue(float(row[m - 1]), float(m), 0.2) >= math.log(1 / alpha):
+    for _ in range(runs):
+        test = sq.SequentialTest()
+        for i in range(events):
+            p0 = p0_of(i) if callable(p0_of) else float(p0_of)  # type: ignore[arg-type]
+            truth = min(p_true, p0) if p_true >= 0 else p0
+            test.observe(rng.random() < truth, p0)
+            if test.crossed(alpha):  # looked at after every single event
                 crossed += 1
                 break
-    assert crossed / paths <= alpha
+    return crossed / runs
 
 
-def test_split_evalue_is_the_uniform_mixture_integral() -> None:
-    x, m, share = 3, 7, 0.25
-    grid = np.linspace(share, 1, 200_001)
-    integrand = grid**x * (1 - grid) ** (m - x)
-    mixture = np.trapezoid(integrand, grid) / (1 - share)
-    expected = math.log(mixture / (share**x * (1 - share) ** (m - x)))
-    assert seq.split_log_evalue(x, m, share) == pytest.approx(expected, rel=1e-6)
+def test_false_alarms_stay_below_alpha_when_looked_at_after_every_event() -> None:
+    # On the null boundary (hit probability exactly p0): the hardest case for validity.
+    alpha, runs = 0.05, 1500
+    rate = _false_alarm_rate(-1, 0.1, runs, 400, alpha)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
 
-def test_requests_to_decide_is_the_size_where_the_bound_reaches_the_limit() -> None:
-    more = seq.requests_to_decide(0, 100, 0.01, 0.01)
-    assert more is not None and more > 0
-    _, hi = seq.rate_bounds(0.5 / 100 * (100 + more), 100 + more, 0.01)
-    assert hi[0] <= 0.01 + 1e-9
-    assert seq.requests_to_decide(50, 100, 0.01, 0.01) is None  # the rate is above the limit
+def test_false_alarms_stay_below_alpha_with_a_changing_share() -> None:
+    # The canary's share steps 5 % -> 20 % -> 50 % (weights advancing) mid-stream.
+    alpha, runs = 0.05, 1500
+
+    def share(i: int) -> float:
+        return 0.05 if i < 100 else 0.2 if i < 250 else 0.5
+
+    rate = _false_alarm_rate(-1, share, runs, 400, alpha)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
 
 
-def test_quantile_bounds_bracket_the_true_quantile() -> None:
-    rng = np.random.default_rng(5)
-    edges = np.array([0.001 * 1.09**k for k in range(60)] + [math.inf])
-    sample = rng.lognormal(math.log(0.005), 0.4, size=20_000)
-    counts = np.array([(sample <= e).sum() for e in edges], dtype=float)
-    lower, upper, total = checks.quantile_bounds(edges, counts, 0.95, 0.01)
-    true = scipy.stats.lognorm(0.4, scale=0.005).ppf(0.95)
-    assert total == 20_000
-    assert lower < true <= upper
-    assert upper / lower < 1.09**3  # resolved within a few buckets
+def test_power_a_canary_twice_as_bad_is_found() -> None:
+    rng = random.Random(3)
+    found = 0
+    for _ in range(200):
+        test = sq.SequentialTest()
+        q = sq.split_null(0.2, 2.0)  # true attribution for rho = 2 at 20 % traffic
+        for _ in range(400):
+            test.observe(rng.random() < q, 0.2)
+            if test.crossed(0.01):
+                found += 1
+                break
+    assert found >= 180  # 400 errors are plenty to tell a doubled error rate
 
 
-def test_psi_bounds_contain_the_estimate_and_detect_a_shift() -> None:
-    same = {"0": 7000.0, "1": 3000.0}
-    est, lo, hi, nc, ns = checks.psi_bounds(same, {"0": 6950.0, "1": 3050.0}, 0.01)
-    assert lo == 0.0 <= est <= hi < 0.05 and (nc, ns) == (10_000, 10_000)
-    est, lo, hi, _, _ = checks.psi_bounds({"0": 300.0, "1": 700.0}, same, 0.01)
-    assert 0.2 < lo <= est <= hi
+def test_agreement_test_crosses_only_below_min() -> None:
+    assert sq.disagreement_log_e(950, 50, 0.95) < sq.threshold(0.01)
+    assert sq.disagreement_log_e(59, 41, 0.95) > sq.threshold(0.01)

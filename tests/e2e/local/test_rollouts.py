@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 from mlrollout.operator.local.session import outcome_of
-from mlrollout.operator.local.testing import (
+
+from tests.doubles.local import (
     FAST_ANALYSIS,
     Stack,
     finished,

@@ -238,7 +238,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m mlrollout.services.bench --out docs`); raw figures in",
+        "Written by `make bench` (`python -m bench --out docs`); raw figures in",
         "`docs/bench/results.json`. Every comparison is side by side in one run on one machine;",
         "ratios are taken per round and reported as median (min-max over rounds).",
         "",

@@ -27,7 +27,11 @@ from typing import Any
 from mlrollout.operator.local.manifest import manifest_document
 from mlrollout.operator.local.prom import find_prometheus
 from mlrollout.operator.local.session import LocalSession, SessionOptions, outcome_of
-from mlrollout.operator.local.testing import (
+from mlrollout.operator.model import Analysis, Rollout
+from mlrollout.services.model.dataplane import FAULT_ENV
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.local import (
     drive,
     healthy,
     start_loadgen,
@@ -35,9 +39,6 @@ from mlrollout.operator.local.testing import (
     variant,
     write_manifest,
 )
-from mlrollout.operator.model import Analysis, Rollout
-from mlrollout.services.model.dataplane import FAULT_ENV
-from prometheus_client.parser import text_string_to_metric_families
 
 POLL_S = 0.25  # longest pause between engine rounds: the resolution of time to weight 0
 # Shortened variant: only interval and window change; the other settings stay default.

@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .loadtool import TICKS, tree_cpu_seconds, tree_rss_mb
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EMULATOR_DIR = REPO / "tests" / "integration" / "operator"
 NAMESPACE = "bench"
 INSTANCE = "app.kubernetes.io/instance"

@@ -1,4 +1,4 @@
-"""``python -m mlrollout.services.bench``: run the benchmark suite and write docs/benchmarks.md."""
+"""``python -m bench``: run the benchmark suite and write docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def _operator_targets(section: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlrollout.services.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--out", type=Path, default=Path("docs"), help="docs folder to write benchmarks.md into"
     )

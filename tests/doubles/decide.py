@@ -1,4 +1,4 @@
-"""Test doubles for the engine and the act layer (no I/O; used by tests and demos).
+"""Test doubles for the engine and the act layer (no I/O; used by tests).
 
 ``Scenario`` drives ``decide`` the way ``reconcile`` does, with made-up traffic, and stores
 the status as JSON between calls, so every test also proves that a rollout resumes from
