@@ -78,6 +78,8 @@ class RoutingInputs:
     traffic: Traffic
     revisions: Mapping[str, str] = field(default_factory=dict)  # role -> revision id
     versions: Mapping[str, str] = field(default_factory=dict)  # role -> model version
+    agreement: Mapping[str, Any] | None = None  # the table's paired-agreement object
+    guard: Mapping[str, Any] | None = None  # the table's router-guard object
 
 
 class ProviderError(Exception):

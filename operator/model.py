@@ -403,14 +403,41 @@ class AgreementCheck(_Spec):
     """Paired agreement: the router mirrors requests and compares both versions' answers."""
 
     enabled: bool = Field(default=True, description="Run this check.")
+    percent: float = Field(
+        default=10,
+        gt=0,
+        le=100,
+        description="Percent of the source track's requests mirrored to the other and compared.",
+    )
+    source: Literal["canary", "stable"] = Field(
+        default="canary",
+        description=(
+            "Whose live requests are mirrored: canary (the client gets the canary's answer, "
+            "stable's copy is compared) or stable (the canary answers copies only)."
+        ),
+    )
     min: float = Field(
         default=0.95,
         gt=0,
-        le=1,
+        lt=1,
         description=(
             "Lowest allowed share of mirrored requests that canary and stable answer the same "
             "(same class; regression within the router's tolerance). Rolled back when an "
             "anytime-valid bound shows the share below it; a pass needs the bound above."
+        ),
+    )
+
+
+class RouterGuard(_Spec):
+    """The router's own sequential tests on its live counts (builtin router only)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Let the router take the canary to weight 0 the moment its own error-split test "
+            "(and the agreement test, with metrics.agreement) crosses, without waiting for "
+            "Prometheus and the next analysis run; the operator then records the rollback. "
+            "Spends one share of alpha. Ignored with the gatewayAPI router."
         ),
     )
 
@@ -545,6 +572,9 @@ class Analysis(_Spec):
             "step (Warning event, status says how many more requests would decide), roll "
             "back, or pass the step anyway."
         ),
+    )
+    router_guard: RouterGuard = Field(
+        default_factory=RouterGuard, description="Sequential tests inside the builtin router."
     )
     on_provider_error: OnProviderError = Field(
         default_factory=OnProviderError, description="What to do when Prometheus cannot answer."

@@ -22,8 +22,10 @@ PREDICTION_BINS = "predictionBins.{track}"
 FEEDBACK = "feedback.{track}"
 CUSTOM = "custom.{name}"
 AGREEMENT = "agreement"
-# The router's count of mirrored requests compared between the versions (docs/metrics.md).
-AGREEMENT_SERIES = "mlrollout_router_shadow_total"
+ROUTER_GUARD = "routerGuard"
+# The router's paired comparisons, per row (docs/metrics.md), and its guard's trips.
+AGREEMENT_SERIES = "mlrollout_router_agreement_total"
+GUARD_SERIES = "mlrollout_router_guard_tripped"
 STABLE_DRIFT_PSI = "stableDrift.psi"
 STABLE_DRIFT_ALARM = "stableDrift.alarm"
 

@@ -176,7 +176,7 @@ def routing_table(
         weights[track] = weight
     if "stable" not in backends:
         return None
-    return {
+    table: dict[str, Any] = {
         "generation": 0,
         "deployment": key.name,
         "backends": backends,
@@ -184,6 +184,12 @@ def routing_table(
         "stickyHeader": routing.traffic.sticky_header,
         "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
     }
+    if "canary" in backends:
+        if routing.agreement is not None:
+            table["agreement"] = dict(routing.agreement)
+        if routing.guard is not None:
+            table["guard"] = dict(routing.guard)
+    return table
 
 
 def _routes_differ(table: Mapping[str, Any], in_force: Mapping[str, Any] | None) -> bool:

@@ -32,6 +32,7 @@ from mlrollout.operator import queries as q
 from mlrollout.operator.decide import sequential as seq
 from mlrollout.operator.interfaces import ProviderError, Sample
 from mlrollout.operator.model import Analysis, Verdict, parse_duration
+from mlrollout.services import sequential as shared
 
 Results = Mapping[str, Sequence[Sample] | ProviderError]
 
@@ -210,7 +211,9 @@ class ErrorRateVsStable:
         e_c, n_c = requests(results, "canary", STEP)
         e_s, n_s = requests(results, "stable", STEP)
         share = n_c / (n_c + n_s) if n_c + n_s else 0.0
-        step_log_e = seq.split_log_evalue(e_c, e_c + e_s, share)
+        # The router guard's test (services/sequential.py), on this step's counts: the
+        # canary's share of traffic is fixed within a step.
+        step_log_e = shared.error_split_log_e(e_c, e_s, share) if 0 < share < 1 else 0.0
         log_e = ctx.carried.get(self.name, 0.0) + step_log_e
         threshold = math.log(1 / (alpha / 2))
         counts = (
@@ -567,7 +570,7 @@ class Agreement:
 
     name: str = "agreement"
     sequential: bool = True
-    test: str = "rate confidence sequence"
+    test: str = "disagreement e-process"
 
     def enabled(self, analysis: Analysis) -> bool:
         m = analysis.metrics.agreement
@@ -591,14 +594,18 @@ class Agreement:
         if n == 0:
             msg = "no mirrored request compared yet (is the router mirroring?)"
             return _verdict(self.name, self.test, "noData", msg, **extra)
-        lo, hi = (float(v[0]) for v in seq.rate_bounds(agree, n, alpha))
-        extra.update({"value": agree / n, "lower": lo, "upper": hi})
-        msg = f"{agree}/{n} mirrored answers agree: rate in [{lo:.4f}, {hi:.4f}] (anytime, alpha {_fmt(alpha)})"
-        if hi < spec.min:
-            return _verdict(self.name, self.test, "fail", f"{msg} < min {spec.min}", **extra)
+        lo, hi = (float(v[0]) for v in seq.rate_bounds(agree, n, alpha / 2))
+        log_e = shared.disagreement_log_e(agree, disagree, spec.min)
+        extra.update({"value": agree / n, "lower": lo, "upper": hi, "logEvidence": log_e})
+        msg = (
+            f"{agree}/{n} mirrored rows agree: rate in [{lo:.4f}, {hi:.4f}], e-value "
+            f"{math.exp(min(log_e, 700)):.3g} (threshold {2 / alpha:.3g})"
+        )
+        if log_e >= shared.threshold(alpha / 2):
+            return _verdict(self.name, self.test, "fail", f"{msg}: below min {spec.min}", **extra)
         if lo >= spec.min:
             return _verdict(self.name, self.test, "pass", f"{msg} >= min {spec.min}", **extra)
-        more = seq.requests_to_decide(disagree, n, alpha, 1 - spec.min)
+        more = seq.requests_to_decide(disagree, n, alpha / 2, 1 - spec.min)
         return _verdict(
             self.name,
             self.test,
@@ -706,6 +713,55 @@ class Custom:
         )
 
 
+@dataclass(frozen=True)
+class RouterGuardTrip:
+    """The router guard took the canary to weight 0: record it as the rollback."""
+
+    name: str = "routerGuard"
+    sequential: bool = True
+    test: str = "router guard (error split / disagreement e-process on live counts)"
+
+    def enabled(self, analysis: Analysis) -> bool:
+        return analysis.router_guard.enabled
+
+    def queries(self, ctx: Context) -> dict[str, str]:
+        return {q.ROUTER_GUARD: f"max by (test) ({q.GUARD_SERIES}{ctx.selector('canary')})"}
+
+    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+        tripped = sorted(t for t, v in by_label(results, q.ROUTER_GUARD, "test").items() if v >= 1)
+        if tripped:
+            msg = (
+                f"the router's {' and '.join(tripped)} test crossed 1/alpha on its live counts "
+                "and took the canary to weight 0"
+            )
+            return _verdict(self.name, self.test, "fail", msg)
+        # An alarm, not a gate: not tripping is no evidence of safety (the other checks
+        # need theirs), so this never holds a step.
+        return _verdict(self.name, self.test, "pass", "router guard has not tripped")
+
+
+def router_options(
+    analysis: Analysis, router: str
+) -> tuple[dict[str, object] | None, dict[str, object] | None]:
+    """The routing table's ``agreement`` and ``guard`` objects for a canary (builtin router)."""
+    if router != "builtin":
+        return None, None
+    m = analysis.metrics.agreement
+    agreement = None
+    if m is not None and m.enabled:
+        agreement = {"percent": m.percent, "source": m.source}
+    guard = None
+    if analysis.router_guard.enabled:
+        checks = enabled_checks(analysis)
+        share = alpha_per_check(analysis, checks)
+        guard = {
+            "alpha": share / (2 if agreement else 1),  # its two tests share the check's budget
+            "maxRatio": 1,
+            "minAgreement": m.min if agreement and m is not None else None,
+        }
+    return agreement, guard
+
+
 BUILTIN: tuple[Check, ...] = (
     ErrorRate(),
     ErrorRateVsStable(),
@@ -714,6 +770,7 @@ BUILTIN: tuple[Check, ...] = (
     PredictionDrift(),
     FeedbackAccuracy(),
     Agreement(),
+    RouterGuardTrip(),
 )
 
 # Shares of the false-rollback budget per check (one each; room for heavier ones).

@@ -508,8 +508,18 @@ def _routing(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> RoutingInp
     weights = {"stable": st.weights.stable}
     if st.canary is not None:
         weights["canary"] = st.weights.canary
+    agreement, guard = (
+        checks.router_options(spec.rollout.analysis, spec.traffic.router)
+        if st.canary is not None
+        else (None, None)
+    )
     return RoutingInputs(
-        weights=weights, traffic=spec.traffic, revisions=revisions, versions=versions
+        weights=weights,
+        traffic=spec.traffic,
+        revisions=revisions,
+        versions=versions,
+        agreement=agreement,
+        guard=guard,
     )
 
 

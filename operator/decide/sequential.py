@@ -2,7 +2,7 @@
 
 Everything here works on *cumulative counts* and may be evaluated after every new count,
 as often as one likes: the error guarantees hold uniformly over time (Ville's inequality
-for nonnegative supermartingales). Two tools:
+for nonnegative supermartingales).
 
 - ``rate_bounds``: a confidence sequence for a Bernoulli rate (errors per request,
   agreement per mirrored request, share of requests at most a latency bucket edge). It
@@ -11,14 +11,9 @@ for nonnegative supermartingales). Two tools:
   when the true rate is ``p``; the bound is the set of ``p`` where it stays below
   ``1/alpha``. With probability at least ``1 - alpha`` the true rate lies inside the
   bounds *at every time*.
-- ``split_log_evalue``: an e-process for "the canary's errors are no more frequent than
-  stable's", conditioned on the requests each served (Lindon, Sanden, Shirikian, KDD
-  2022): when both versions fail at the same rate, each error is the canary's with
-  probability equal to the canary's share of requests, so the split of the errors is a
-  Bernoulli sequence with a known rate; the mixture over "more of them are the canary's"
-  (uniform on [share, 1]) grows only when the canary is worse. Rejecting when the
-  e-value reaches ``1/alpha`` has false-alarm probability at most ``alpha`` however often
-  it is looked at.
+- the e-processes for "the canary's errors are no more frequent than stable's" and for
+  agreement are the router guard's (``mlrollout.services.sequential``), so that the
+  router and the operator apply the same test.
 
 Rates are arrays: a call bounds many rates at once (vectorised bisection), which keeps a
 simulator of thousands of rollouts fast.
@@ -30,7 +25,7 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import betainc, betaln
+from scipy.special import betaln
 
 # The Jeffreys prior: adapts to small rates (errors) as well as to rates near 1/2.
 PRIOR_A = 0.5
@@ -95,29 +90,6 @@ def rate_bounds(
     lower = np.where((kk > 0) & (nn > 0), lo_a, 0.0)
     upper = np.where((kk < nn) & (nn > 0), hi_b, 1.0)
     return lower, upper
-
-
-def split_log_evalue(x: float, m: float, share: float) -> float:
-    """log e-value that the canary's share of ``m`` errors (``x`` of them) exceeds ``share``.
-
-    ``share`` is the canary's share of the requests both served over the same time. Under
-    "canary no worse than stable" each error is the canary's with probability at most
-    ``share``; the alternative mixes uniformly over probabilities in [share, 1].
-    """
-    if m <= 0 or not 0.0 < share < 1.0:
-        return 0.0
-    x = min(max(x, 0.0), m)
-    # int_share^1 t^x (1-t)^(m-x) dt / (1 - share) over share^x (1-share)^(m-x)
-    upper_tail = betainc(m - x + 1, x + 1, 1.0 - share)  # = 1 - I_share(x+1, m-x+1)
-    if upper_tail <= 0.0:
-        return -math.inf
-    return float(
-        betaln(x + 1, m - x + 1)
-        + math.log(upper_tail)
-        - math.log1p(-share)
-        - x * math.log(share)
-        - (m - x) * math.log1p(-share)
-    )
 
 
 def requests_to_decide(k: float, n: float, alpha: float, limit: float) -> int | None:

@@ -47,6 +47,7 @@ class TrackTraffic:
     prediction_bins: Mapping[str, float] = field(default_factory=dict)
     feedback: Mapping[str, float] = field(default_factory=dict)
     agreement: Mapping[str, float] = field(default_factory=dict)  # canary only: agree/disagree
+    guard_tripped: Mapping[str, float] = field(default_factory=dict)  # canary only: test -> 0/1
 
 
 def results_for(
@@ -92,6 +93,8 @@ def results_for(
             ] + [Sample(labels={"le": "+Inf"}, value=t.requests)]
         elif name == q.AGREEMENT:
             answers[name] = vector("result", canary.agreement)
+        elif name == q.ROUTER_GUARD:
+            answers[name] = vector("test", canary.guard_tripped)
         elif kind == "inputPsi":
             answers[name] = vector("feature", t.input_psi)
         elif name == q.DRIFT_WINDOWS:

@@ -223,7 +223,13 @@ def test_freshness_applies_to_every_check(
 ) -> None:
     verdicts = _verdicts(_analysis(**DRIFT), OK, OK, age=age, failing=failing)
     assert {v.outcome for v in verdicts.values()} == {outcome}
-    assert set(verdicts) == {"errorRate", "errorRateVsStable", "latency", "inputDrift"}
+    assert set(verdicts) == {
+        "errorRate",
+        "errorRateVsStable",
+        "latency",
+        "inputDrift",
+        "routerGuard",
+    }
 
 
 def test_verdict_records_value_threshold_and_samples() -> None:
@@ -233,7 +239,12 @@ def test_verdict_records_value_threshold_and_samples() -> None:
 
 
 def test_disabled_checks_are_not_run() -> None:
-    cfg = _analysis(errorRate={"enabled": False}, latency={"enabled": False})
+    cfg = Analysis.model_validate(
+        {
+            "routerGuard": {"enabled": False},
+            "metrics": {"errorRate": {"enabled": False}, "latency": {"enabled": False}},
+        }
+    )
     assert _verdicts(cfg, OK, OK) == {}
     assert analysis.run_outcome([]) == "pass"
 

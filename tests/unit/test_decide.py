@@ -6,6 +6,7 @@ rollout resumes from stored status alone.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,7 +196,9 @@ def test_too_little_traffic_holds_the_step() -> None:
     assert s.phase == "Progressing"
     assert s.status["currentStep"] == 0
     assert s.status["weights"]["canary"] == 10
-    assert {v["outcome"] for v in s.status["analysis"]["verdicts"]} <= {"noData", "inconclusive"}
+    outcomes = {v["check"]: v["outcome"] for v in s.status["analysis"]["verdicts"]}
+    assert outcomes.pop("routerGuard") == "pass"  # an alarm, not a gate
+    assert set(outcomes.values()) <= {"noData", "inconclusive"}
     assert _condition(s, "AnalysisHealthy") == "Unknown"
     s.canary = TrackTraffic(requests=5000)
     s.tick(30)
@@ -578,3 +581,14 @@ def test_evidence_carries_across_steps() -> None:
     s.tick(30)
     vs = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRateVsStable")
     assert vs["logEvidence"] == pytest.approx(carried + vs["stepLogEvidence"])
+
+
+def test_a_router_guard_trip_is_recorded_as_the_rollback() -> None:
+    s = healthy_v1()
+    start_canary(s)
+    s.tick(30)
+    s.canary = replace(s.canary, guard_tripped={"errors": 1.0, "agreement": 0.0})
+    s.tick(30)
+    assert s.phase == "RolledBack"
+    reason = s.status["rejectedRevisions"][0]["reason"]
+    assert "routerGuard" in reason and "errors test crossed" in reason

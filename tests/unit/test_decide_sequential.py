@@ -42,39 +42,6 @@ def test_rate_bounds_cover_at_every_look_with_probability_one_minus_alpha(p: flo
     assert missed.mean() <= alpha
 
 
-def test_split_evalue_grows_on_canary_errors_and_not_on_stables() -> None:
-    assert seq.split_log_evalue(4, 4, 0.1) > math.log(100)  # 4 errors, all the canary's
-    assert seq.split_log_evalue(0, 40, 0.1) < 0  # the canary is better: no evidence
-    assert seq.split_log_evalue(5, 10, 0.5) < 0
-    assert seq.split_log_evalue(0, 0, 0.3) == 0.0
-    assert seq.split_log_evalue(3, 3, 1.0) == 0.0  # stable served nothing: no comparison
-
-
-def test_split_evalue_false_alarm_rate_holds_under_continuous_monitoring() -> None:
-    # Equal error rates, canary share 0.2: each error is the canary's with probability 0.2.
-    # Look after every error for 400 errors; reject at e >= 1/alpha.
-    rng = np.random.default_rng(3)
-    alpha, paths, length = 0.05, 1000, 400
-    labels = rng.random((paths, length)) < 0.2
-    x = np.cumsum(labels, axis=1)
-    crossed = 0
-    for row in x:
-        for m in range(1, length + 1, 3):
-            if seq.split_log_evalue(float(row[m - 1]), float(m), 0.2) >= math.log(1 / alpha):
-                crossed += 1
-                break
-    assert crossed / paths <= alpha
-
-
-def test_split_evalue_is_the_uniform_mixture_integral() -> None:
-    x, m, share = 3, 7, 0.25
-    grid = np.linspace(share, 1, 200_001)
-    integrand = grid**x * (1 - grid) ** (m - x)
-    mixture = np.trapezoid(integrand, grid) / (1 - share)
-    expected = math.log(mixture / (share**x * (1 - share) ** (m - x)))
-    assert seq.split_log_evalue(x, m, share) == pytest.approx(expected, rel=1e-6)
-
-
 def test_requests_to_decide_is_the_size_where_the_bound_reaches_the_limit() -> None:
     more = seq.requests_to_decide(0, 100, 0.01, 0.01)
     assert more is not None and more > 0

@@ -243,3 +243,37 @@ def test_every_table_written_is_accepted_by_the_router_in_order() -> None:
         parsed = parse_table(table)
         assert check_successor(current, parsed)
         current = parsed
+
+
+def test_a_canary_table_carries_the_guard_and_agreement_from_the_spec() -> None:
+    loop = Loop()
+    loop.run(spec())
+    raw = spec("v2")
+    raw["rollout"]["analysis"]["metrics"] = {"agreement": {"min": 0.9, "percent": 20}}
+    loop.feed(raw, "v1", "v2", HEALTHY)
+    loop.run(raw, generation=2)
+    table = loop.router.table
+    assert table is not None
+    assert table["agreement"] == {"percent": 20, "source": "canary"}
+    guard = table["guard"]
+    assert guard["maxRatio"] == 1 and guard["minAgreement"] == 0.9
+    # Its share of the rollout's alpha (0.01 over 5 sequential checks: errorRate,
+    # errorRateVsStable, latency, agreement, routerGuard), split over its two tests.
+    assert guard["alpha"] == pytest.approx(0.01 / 5 / 2)
+    from mlrollout.services.router.options import parse_agreement, parse_guard
+
+    problems: list[str] = []  # the router's own parsers accept both
+    assert parse_guard(guard, problems) is not None
+    assert parse_agreement(table["agreement"], problems) is not None
+    assert problems == []
+
+
+def test_no_guard_without_a_canary_or_when_switched_off() -> None:
+    loop = Loop()
+    loop.run(spec())
+    assert loop.router.table is not None and "guard" not in loop.router.table
+    raw = spec("v2")
+    raw["rollout"]["analysis"]["routerGuard"] = {"enabled": False}
+    loop.feed(raw, "v1", "v2", HEALTHY)
+    loop.run(raw, generation=2)
+    assert "guard" not in loop.router.table
