@@ -747,10 +747,10 @@ def router_options(
     if router != "builtin":
         return None, None
     m = analysis.metrics.agreement
-    agreement = None
+    agreement: dict[str, object] | None = None
     if m is not None and m.enabled:
         agreement = {"percent": m.percent, "source": m.source}
-    guard = None
+    guard: dict[str, object] | None = None
     if analysis.router_guard.enabled:
         checks = enabled_checks(analysis)
         share = alpha_per_check(analysis, checks)
