@@ -78,20 +78,30 @@ class RoutingInputs:
     traffic: Traffic
     revisions: Mapping[str, str] = field(default_factory=dict)  # role -> revision id
     versions: Mapping[str, str] = field(default_factory=dict)  # role -> model version
-    agreement: Mapping[str, Any] | None = None  # the table's paired-agreement object
-    guard: Mapping[str, Any] | None = None  # the table's router-guard object
+    # More table keys for the router when there is a canary (``agreement``, ``guard``).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
     """The metrics provider could not answer (down, timeout, bad query, stale data)."""
 
 
+class RoutesChanged(Exception):
+    """The table in force changed between ``get_routes`` and ``set_routes`` (another
+    writer); nothing was written. Read it again and decide the write again."""
+
+
 class TrafficRouter(Protocol):
     def set_routes(self, table: dict[str, Any]) -> None:
-        """Put the routing table (docs/architecture.md) in force; raise on failure."""
+        """Put the routing table (docs/architecture.md) in force; raise on failure, and
+        ``RoutesChanged`` when the table in force is no longer the one last read."""
 
     def get_routes(self) -> dict[str, Any] | None:
         """The routing table in force, or None when there is none yet."""
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """The router guard's report (with ``trip`` once it took the canary off), or None
+        when the router has none or cannot say (docs/routing.md, The router guard)."""
 
 
 class MetricsProvider(Protocol):

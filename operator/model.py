@@ -21,6 +21,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
+# The API names live in api.py; they stay importable from here.
+from mlrollout.operator.api import GROUP as GROUP
+from mlrollout.operator.api import KIND as KIND
+from mlrollout.operator.api import PLURAL as PLURAL
+from mlrollout.operator.api import VERSION as VERSION
 from pydantic import (
     AfterValidator,
     AliasGenerator,
@@ -33,11 +38,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import WithJsonSchema
-
-GROUP = "mlrollout.io"
-VERSION = "v1alpha1"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -400,22 +400,9 @@ class FeedbackAccuracyCheck(_Spec):
 
 
 class AgreementCheck(_Spec):
-    """Paired agreement: the router mirrors requests and compares both versions' answers."""
+    """Paired agreement: canary and stable answer the same requests (traffic.agreement)."""
 
     enabled: bool = Field(default=True, description="Run this check.")
-    percent: float = Field(
-        default=10,
-        gt=0,
-        le=100,
-        description="Percent of the source track's requests mirrored to the other and compared.",
-    )
-    source: Literal["canary", "stable"] = Field(
-        default="canary",
-        description=(
-            "Whose live requests are mirrored: canary (the client gets the canary's answer, "
-            "stable's copy is compared) or stable (the canary answers copies only)."
-        ),
-    )
     min: float = Field(
         default=0.95,
         gt=0,
@@ -424,20 +411,6 @@ class AgreementCheck(_Spec):
             "Lowest allowed share of mirrored requests that canary and stable answer the same "
             "(same class; regression within the router's tolerance). Rolled back when an "
             "anytime-valid bound shows the share below it; a pass needs the bound above."
-        ),
-    )
-
-
-class RouterGuard(_Spec):
-    """The router's own sequential tests on its live counts (builtin router only)."""
-
-    enabled: bool = Field(
-        default=True,
-        description=(
-            "Let the router take the canary to weight 0 the moment its own error-split test "
-            "(and the agreement test, with metrics.agreement) crosses, without waiting for "
-            "Prometheus and the next analysis run; the operator then records the rollback. "
-            "Spends one share of alpha. Ignored with the gatewayAPI router."
         ),
     )
 
@@ -494,8 +467,8 @@ class Metrics(_Spec):
     agreement: AgreementCheck | None = Field(
         default=None,
         description=(
-            "Agreement of canary and stable on mirrored requests (needs the builtin router); "
-            "catches wrong answers without labels."
+            "Agreement of canary and stable on mirrored requests (needs traffic.agreement "
+            "with percent > 0); catches wrong answers without labels."
         ),
     )
     custom: list[CustomCheck] = Field(
@@ -573,9 +546,6 @@ class Analysis(_Spec):
             "back, or pass the step anyway."
         ),
     )
-    router_guard: RouterGuard = Field(
-        default_factory=RouterGuard, description="Sequential tests inside the builtin router."
-    )
     on_provider_error: OnProviderError = Field(
         default_factory=OnProviderError, description="What to do when Prometheus cannot answer."
     )
@@ -649,6 +619,65 @@ class Gateway(_Spec):
     )
 
 
+class AgreementMirror(_Spec):
+    """Paired agreement: the router mirrors a share of one track's requests to the other."""
+
+    percent: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Percent of the requests served by `source` that the router also sends to the "
+            "other track, comparing the two answers row by row (mlrollout_router_agreement_total)."
+        ),
+    )
+    source: Literal["canary", "stable"] = Field(
+        default="canary",
+        description=(
+            "Whose requests are mirrored: canary (its live answers checked against stable; "
+            "each mirror costs stable one prediction) or stable (shadow traffic to the canary)."
+        ),
+    )
+    relative_tolerance: float = Field(
+        default=1e-3, ge=0, description="Numbers (scores, regression outputs) within this agree."
+    )
+    absolute_tolerance: float = Field(
+        default=0.0001, ge=0, description="Numbers within this absolute difference agree."
+    )
+
+
+class RouterGuard(_Spec):
+    """Sequential tests the built-in router runs on its own live counts (docs/routing.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Let the router take the canary to weight 0 at once when its errors (or, with "
+            "analysis.metrics.agreement, its disagreements) cross an anytime-valid test; the "
+            "operator then records the rollback. Needs the builtin router."
+        ),
+    )
+    alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.5,
+        description=(
+            "Probability that the guard takes off a canary no worse than stable, over the "
+            "canary's whole life (per router replica and test). Default: "
+            "rollout.analysis.alpha / 2."
+        ),
+    )
+    max_ratio: float = Field(
+        default=1.0,
+        ge=1,
+        le=1e6,
+        description=(
+            "Tolerated ratio of the canary's error rate to stable's: the guard acts only on "
+            "evidence of a larger ratio."
+        ),
+    )
+
+
 class Traffic(_Spec):
     router: Literal["builtin", "gatewayAPI"] = Field(
         default="builtin",
@@ -671,12 +700,23 @@ class Traffic(_Spec):
         description="Percent of stable traffic mirrored to the canary; responses discarded.",
     )
 
+    agreement: AgreementMirror | None = Field(
+        default=None,
+        description="Paired agreement: mirror and compare answers (needs the builtin router).",
+    )
+    guard: RouterGuard = Field(
+        default_factory=RouterGuard,
+        description="The router guard (builtin router only; ignored with gatewayAPI).",
+    )
+
     @model_validator(mode="after")
     def _gateway(self) -> Traffic:
         if self.router == "gatewayAPI" and self.gateway is None:
             raise ValueError("traffic.gateway is required when traffic.router is gatewayAPI")
         if self.router == "gatewayAPI" and self.shadow_percent:
             raise ValueError("traffic.shadowPercent needs the builtin router")
+        if self.router == "gatewayAPI" and self.agreement is not None and self.agreement.percent:
+            raise ValueError("traffic.agreement needs the builtin router")
         return self
 
 
@@ -719,12 +759,13 @@ class ModelDeploymentSpec(_Spec):
     )
 
     @model_validator(mode="after")
-    def _agreement_needs_the_builtin_router(self) -> ModelDeploymentSpec:
-        agreement = self.rollout.analysis.metrics.agreement
-        if agreement is not None and agreement.enabled and self.traffic.router != "builtin":
+    def _agreement_gate_needs_mirroring(self) -> ModelDeploymentSpec:
+        gate = self.rollout.analysis.metrics.agreement
+        mirror = self.traffic.agreement
+        if gate is not None and gate.enabled and (mirror is None or not mirror.percent):
             raise ValueError(
-                "rollout.analysis.metrics.agreement needs the builtin router (it mirrors "
-                "requests to compare answers); an HTTPRoute cannot"
+                "rollout.analysis.metrics.agreement needs traffic.agreement.percent > 0 "
+                "(the router mirrors that share of requests to compare the answers)"
             )
         return self
 
@@ -752,9 +793,10 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": "!has(self.rollout) || !has(self.rollout.analysis) || "
             "!has(self.rollout.analysis.metrics) || !has(self.rollout.analysis.metrics.agreement)"
             " || (has(self.rollout.analysis.metrics.agreement.enabled) && "
-            "!self.rollout.analysis.metrics.agreement.enabled) || !has(self.traffic) || "
-            "!has(self.traffic.router) || self.traffic.router == 'builtin'",
-            "message": "agreement needs the builtin router",
+            "!self.rollout.analysis.metrics.agreement.enabled) || (has(self.traffic) && "
+            "has(self.traffic.agreement) && has(self.traffic.agreement.percent) && "
+            "self.traffic.agreement.percent > 0)",
+            "message": "the agreement gate needs traffic.agreement.percent > 0",
         },
     ],
     Autoscaling: [
@@ -802,6 +844,11 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": "self.router != 'gatewayAPI' || !has(self.shadowPercent) || "
             "self.shadowPercent == 0",
             "message": "shadowPercent needs the builtin router",
+        },
+        {
+            "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "
+            "!has(self.agreement.percent) || self.agreement.percent == 0",
+            "message": "agreement needs the builtin router",
         },
     ],
 }

@@ -22,10 +22,8 @@ PREDICTION_BINS = "predictionBins.{track}"
 FEEDBACK = "feedback.{track}"
 CUSTOM = "custom.{name}"
 AGREEMENT = "agreement"
-ROUTER_GUARD = "routerGuard"
-# The router's paired comparisons, per row (docs/metrics.md), and its guard's trips.
+# The router's paired comparisons, per row (docs/metrics.md).
 AGREEMENT_SERIES = "mlrollout_router_agreement_total"
-GUARD_SERIES = "mlrollout_router_guard_tripped"
 STABLE_DRIFT_PSI = "stableDrift.psi"
 STABLE_DRIFT_ALARM = "stableDrift.alarm"
 

@@ -36,6 +36,7 @@ from mlrollout.operator.interfaces import (
     MetricsProvider,
     ProviderError,
     RevisionState,
+    RoutesChanged,
     Runtime,
     Sample,
     TrafficRouter,
@@ -102,9 +103,18 @@ def reconcile(
     observations = Observations(
         revisions=states,
         metrics=_run_queries(metrics, queries, now),
+        router_guard=_guard_report(router) if current.canary is not None else None,
     )
     decision = decide(parsed, current, observations, now, generation)
     return _apply(key, decision, runtime, router, states, set(wanted))
+
+
+def _guard_report(router: TrafficRouter) -> dict[str, Any] | None:
+    try:
+        return router.guard_report()
+    except Exception as exc:  # the guard is an extra: never let it stop a reconcile
+        log.warning("cannot read the router guard's report: %s", exc)
+        return None
 
 
 def _run_queries(
@@ -136,11 +146,8 @@ def _apply(
     if decision.routing is not None and states is not None:
         table = routing_table(key, decision, states)
         if table is not None:
-            in_force = router.get_routes()
-            if _routes_differ(table, in_force):
-                generation = max(status.routing_generation, _generation(in_force)) + 1
-                table["generation"] = generation
-                router.set_routes(table)
+            generation = _put_routes(router, table, status.routing_generation)
+            if generation is not None:
                 status = status.model_copy(update={"routing_generation": generation})
     # Events before stopping revisions: the decision (say a failed analysis run and the
     # rollback) is told before its consequence (the canary's server stopped).
@@ -154,6 +161,32 @@ def _apply(
         requeue_after=decision.requeue_after,
         decision=decision,
     )
+
+
+ROUTE_ATTEMPTS = 3
+
+
+def _put_routes(router: TrafficRouter, table: dict[str, Any], last: int) -> int | None:
+    """Write ``table`` unless it is in force; the generation written, or None.
+
+    The generation continues from the table in force, so it is read right before the
+    write; if another writer changed it in between (``RoutesChanged``), read and decide
+    again, a bounded number of times (then the reconcile fails and is retried).
+    """
+    for attempt in range(ROUTE_ATTEMPTS):
+        in_force = router.get_routes()
+        if not _routes_differ(table, in_force):
+            return None
+        generation = max(last, _generation(in_force)) + 1
+        try:
+            router.set_routes({**table, "generation": generation})
+        except RoutesChanged:
+            if attempt + 1 == ROUTE_ATTEMPTS:
+                raise
+            log.info("routing table changed while it was written; reading it again")
+            continue
+        return generation
+    return None  # unreachable: the last attempt returns or raises
 
 
 def routing_table(
@@ -183,12 +216,12 @@ def routing_table(
         "weights": weights,
         "stickyHeader": routing.traffic.sticky_header,
         "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
+        **(
+            {k: v for k, v in routing.options.items() if v is not None}
+            if "canary" in backends
+            else {}
+        ),
     }
-    if "canary" in backends:
-        if routing.agreement is not None:
-            table["agreement"] = dict(routing.agreement)
-        if routing.guard is not None:
-            table["guard"] = dict(routing.guard)
     return table
 
 

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlrollout.operator.api import GROUP
 from mlrollout.operator.ctl import yamledit
 from mlrollout.operator.ctl.view import EventRecord, Snapshot, parse_time
 from mlrollout.operator.kube import Kube, KubeError
-from mlrollout.operator.model import GROUP
 
 EVENTS_KEPT = 20
 

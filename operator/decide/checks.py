@@ -57,6 +57,12 @@ class Context:
     rollout_seconds: float = 0.0  # since the rollout's first step began
     steps: int = 1  # steps in the rollout (latency spends its budget per step)
     carried: Mapping[str, float] = field(default_factory=dict)  # log e from earlier steps
+    # The router guard's share of analysis.alpha (docs/routing.md); the checks get the rest.
+    guard_alpha: float = 0.0
+
+    def budget(self) -> float:
+        """The false-rollback probability the checks may spend together."""
+        return max(self.analysis.alpha - self.guard_alpha, self.analysis.alpha / 2)
 
     def selector(self, track: str, **extra: str) -> str:
         version = self.canary_version if track == "canary" else self.stable_version
@@ -579,7 +585,7 @@ class Agreement:
     def queries(self, ctx: Context) -> dict[str, str]:
         rng = ctx.range(ROLLOUT)
         return {
-            q.AGREEMENT: (
+            q.AGREEMENT: (  # rows compared by the router (traffic.agreement mirrors them)
                 f"sum by (result) (increase({q.AGREEMENT_SERIES}{ctx.selector('canary')}{rng}))"
             )
         }
@@ -592,7 +598,7 @@ class Agreement:
         n = agree + disagree
         extra: dict[str, object] = {"threshold": spec.min, "samples": n}
         if n == 0:
-            msg = "no mirrored request compared yet (is the router mirroring?)"
+            msg = "no mirrored row compared yet (traffic.agreement.percent sets the mirroring)"
             return _verdict(self.name, self.test, "noData", msg, **extra)
         lo, hi = (float(v[0]) for v in seq.rate_bounds(agree, n, alpha / 2))
         log_e = shared.disagreement_log_e(agree, disagree, spec.min)
@@ -713,55 +719,6 @@ class Custom:
         )
 
 
-@dataclass(frozen=True)
-class RouterGuardTrip:
-    """The router guard took the canary to weight 0: record it as the rollback."""
-
-    name: str = "routerGuard"
-    sequential: bool = True
-    test: str = "router guard (error split / disagreement e-process on live counts)"
-
-    def enabled(self, analysis: Analysis) -> bool:
-        return analysis.router_guard.enabled
-
-    def queries(self, ctx: Context) -> dict[str, str]:
-        return {q.ROUTER_GUARD: f"max by (test) ({q.GUARD_SERIES}{ctx.selector('canary')})"}
-
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
-        tripped = sorted(t for t, v in by_label(results, q.ROUTER_GUARD, "test").items() if v >= 1)
-        if tripped:
-            msg = (
-                f"the router's {' and '.join(tripped)} test crossed 1/alpha on its live counts "
-                "and took the canary to weight 0"
-            )
-            return _verdict(self.name, self.test, "fail", msg)
-        # An alarm, not a gate: not tripping is no evidence of safety (the other checks
-        # need theirs), so this never holds a step.
-        return _verdict(self.name, self.test, "pass", "router guard has not tripped")
-
-
-def router_options(
-    analysis: Analysis, router: str
-) -> tuple[dict[str, object] | None, dict[str, object] | None]:
-    """The routing table's ``agreement`` and ``guard`` objects for a canary (builtin router)."""
-    if router != "builtin":
-        return None, None
-    m = analysis.metrics.agreement
-    agreement: dict[str, object] | None = None
-    if m is not None and m.enabled:
-        agreement = {"percent": m.percent, "source": m.source}
-    guard: dict[str, object] | None = None
-    if analysis.router_guard.enabled:
-        checks = enabled_checks(analysis)
-        share = alpha_per_check(analysis, checks)
-        guard = {
-            "alpha": share / (2 if agreement else 1),  # its two tests share the check's budget
-            "maxRatio": 1,
-            "minAgreement": m.min if agreement and m is not None else None,
-        }
-    return agreement, guard
-
-
 BUILTIN: tuple[Check, ...] = (
     ErrorRate(),
     ErrorRateVsStable(),
@@ -770,7 +727,6 @@ BUILTIN: tuple[Check, ...] = (
     PredictionDrift(),
     FeedbackAccuracy(),
     Agreement(),
-    RouterGuardTrip(),
 )
 
 # Shares of the false-rollback budget per check (one each; room for heavier ones).
@@ -783,10 +739,10 @@ def enabled_checks(analysis: Analysis) -> list[Check]:
     return out
 
 
-def alpha_per_check(analysis: Analysis, checks: Sequence[Check]) -> float:
-    """Each sequential check's share of ``analysis.alpha`` (Bonferroni)."""
+def alpha_per_check(budget: float, checks: Sequence[Check]) -> float:
+    """Each sequential check's share of the analysis' budget (Bonferroni)."""
     shares = sum(_SHARES.get(c.name, 1) for c in checks if c.sequential)
-    return analysis.alpha / max(1, shares)
+    return budget / max(1, shares)
 
 
 def plan(ctx: Context) -> dict[str, str]:
@@ -813,7 +769,7 @@ def evaluate(ctx: Context, results: Results) -> list[Verdict]:
     if age > limit:
         msg = f"canary metrics are stale: last scrape {age:.0f}s ago (maxStaleness {limit:.0f}s)"
         return [_verdict(n, "", "providerError", msg) for n in names]
-    alpha = alpha_per_check(ctx.analysis, checks)
+    alpha = alpha_per_check(ctx.budget(), checks)
     out = []
     for check in checks:
         try:

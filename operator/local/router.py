@@ -83,6 +83,22 @@ class FileRouter:
                 return
             time.sleep(0.02)
 
+    def guard_report(self) -> dict[str, Any] | None:
+        """The router's guard report from ``GET /-/table`` (``routerState.guard``); None
+        without a router URL or when the router does not answer (it is asked again on the
+        next reconcile)."""
+        if self.confirm_url is None:
+            return None
+        try:
+            with urllib.request.urlopen(self.confirm_url, timeout=1) as resp:
+                doc = json.loads(resp.read(1 << 20))
+        except (OSError, ValueError) as exc:
+            log.debug("no guard report from %s: %s", self.confirm_url, exc)
+            return None
+        state = doc.get("routerState") if isinstance(doc, dict) else None
+        report = state.get("guard") if isinstance(state, dict) else None
+        return report if isinstance(report, dict) else None
+
     def get_routes(self) -> dict[str, Any] | None:
         try:
             text = self.path.read_text()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 
@@ -76,6 +77,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close client keep-alive connections idle this long (seconds)",
     )
     parser.add_argument(
+        "--max-header-bytes",
+        type=_positive(int),
+        default=64 << 10,
+        help="largest request line + headers accepted (431 above)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds a client may take to send a request's line and headers (408 after)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds a client may take to send a request body after its headers (408 after)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=_positive(float),
         default=10.0,
@@ -98,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_shadow_inflight=args.max_shadow_inflight,
         idle_timeout=args.idle_timeout,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     source: TableSource
     if args.table:
@@ -132,12 +154,17 @@ async def serve(
     if isinstance(source, FileSource):
         # Ready with the table before the first request.
         source.poll(router.offer, reject=lambda message: router.reject(message, source.describe()))
+    cfg = router.config
     server = await start_server(
-        router, host, port, router.config.max_body_bytes, router.config.idle_timeout
-    )
+        router, host, port, cfg.max_body_bytes, cfg.idle_timeout,
+        max_header_bytes=cfg.max_header_bytes, header_timeout=cfg.header_timeout,
+        body_timeout=cfg.body_timeout,
+    )  # fmt: skip
     watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if isinstance(source, ConfigMapSource):
+        router.on_trip = _report_trips(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())
@@ -152,3 +179,17 @@ async def serve(
         await watcher
     await router.aclose()
     return 0
+
+
+_REPORTS: set[asyncio.Task[bool]] = set()
+
+
+def _report_trips(source: ConfigMapSource) -> Callable[[dict[str, Any]], None]:
+    """Write each guard trip into the ConfigMap, off the request path."""
+
+    def report(doc: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(source.write_guard(doc))
+        _REPORTS.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(_REPORTS.discard)
+
+    return report

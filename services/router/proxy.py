@@ -74,6 +74,11 @@ class RouterConfig:
     # Shadow requests must not hold resources long: a shorter timeout than the client path.
     shadow_timeout: float = 5.0
     idle_timeout: float = 75.0
+    # Client side: request line + headers (431 above), and the time a client may take to
+    # send them and then its body (408 after).
+    max_header_bytes: int = 64 << 10
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
 
 class Router:

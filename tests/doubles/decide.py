@@ -47,7 +47,6 @@ class TrackTraffic:
     prediction_bins: Mapping[str, float] = field(default_factory=dict)
     feedback: Mapping[str, float] = field(default_factory=dict)
     agreement: Mapping[str, float] = field(default_factory=dict)  # canary only: agree/disagree
-    guard_tripped: Mapping[str, float] = field(default_factory=dict)  # canary only: test -> 0/1
 
 
 def results_for(
@@ -93,8 +92,7 @@ def results_for(
             ] + [Sample(labels={"le": "+Inf"}, value=t.requests)]
         elif name == q.AGREEMENT:
             answers[name] = vector("result", canary.agreement)
-        elif name == q.ROUTER_GUARD:
-            answers[name] = vector("test", canary.guard_tripped)
+
         elif kind == "inputPsi":
             answers[name] = vector("feature", t.input_psi)
         elif name == q.DRIFT_WINDOWS:
@@ -132,6 +130,7 @@ class Scenario:
         self.failing: frozenset[str] = frozenset()
         self.custom: dict[str, float] = {}
         self.last: Decision | None = None
+        self.router_guard: dict[str, Any] | None = None  # what the router guard reports
 
     def set_model(self, version: str, **extra: Any) -> None:
         model = {
@@ -172,7 +171,8 @@ class Scenario:
                 custom=self.custom,
                 failing=self.failing,
             )
-            decision = decide(spec, status, Observations(states, metrics), self.now)
+            observed = Observations(states, metrics, router_guard=self.router_guard)
+            decision = decide(spec, status, observed, self.now)
         self.status = decision.status.to_json()
         self.events.extend(decision.events)
         if decision.wanted is not None:
@@ -240,6 +240,7 @@ class FakeRouter:
         self.tables: list[dict[str, Any]] = []  # every table written, in order
         self.writes = 0
         self.log = log if log is not None else []
+        self.guard: dict[str, Any] | None = None
 
     def set_routes(self, table: dict[str, Any]) -> None:
         self.table = dict(table)
@@ -251,6 +252,10 @@ class FakeRouter:
 
     def get_routes(self) -> dict[str, Any] | None:
         return self.table
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What a router's guard would report: set ``guard`` to simulate a trip."""
+        return self.guard
 
 
 _RANGE = re.compile(r"\[[0-9]+s\]")

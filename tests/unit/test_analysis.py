@@ -223,13 +223,7 @@ def test_freshness_applies_to_every_check(
 ) -> None:
     verdicts = _verdicts(_analysis(**DRIFT), OK, OK, age=age, failing=failing)
     assert {v.outcome for v in verdicts.values()} == {outcome}
-    assert set(verdicts) == {
-        "errorRate",
-        "errorRateVsStable",
-        "latency",
-        "inputDrift",
-        "routerGuard",
-    }
+    assert set(verdicts) == {"errorRate", "errorRateVsStable", "latency", "inputDrift"}
 
 
 def test_verdict_records_value_threshold_and_samples() -> None:
@@ -239,12 +233,7 @@ def test_verdict_records_value_threshold_and_samples() -> None:
 
 
 def test_disabled_checks_are_not_run() -> None:
-    cfg = Analysis.model_validate(
-        {
-            "routerGuard": {"enabled": False},
-            "metrics": {"errorRate": {"enabled": False}, "latency": {"enabled": False}},
-        }
-    )
+    cfg = _analysis(errorRate={"enabled": False}, latency={"enabled": False})
     assert _verdicts(cfg, OK, OK) == {}
     assert analysis.run_outcome([]) == "pass"
 

@@ -67,6 +67,21 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "shadowPercent needs the builtin router",
     ),
     (
+        with_(
+            traffic={
+                "router": "gatewayAPI",
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "agreement": {"percent": 10},
+            }
+        ),
+        "traffic.agreement needs the builtin router",
+        "agreement needs the builtin router",
+    ),
+    (with_(traffic={"agreement": {"percent": 101}}), "less than or equal to 100", None),
+    (with_(traffic={"agreement": {"source": "both"}}), "'canary' or 'stable'", None),
+    (with_(traffic={"guard": {"alpha": 0}}), "greater than 0", None),
+    (with_(traffic={"guard": {"maxRatio": 0.5}}), "greater than or equal to 1", None),
+    (
         with_(rollout={"analysis": {"metrics": {"custom": [{"name": "x", "query": "up"}]}}}),
         "set min, max or both",
         "set min, max or both",
@@ -98,14 +113,12 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "analysis.stepDeadline must be longer than 0s",
         "stepDeadline must be longer than 0s",
     ),
-    # The router mirrors requests for the agreement gate; an HTTPRoute cannot.
+    # The agreement gate tests rows the router mirrors: without mirroring it would hold
+    # every step for ever.
     (
-        with_(
-            rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}},
-            traffic={"router": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}},
-        ),
-        "agreement needs the builtin router",
-        "agreement needs the builtin router",
+        with_(rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}}),
+        "needs traffic.agreement.percent > 0",
+        "the agreement gate needs traffic.agreement.percent > 0",
     ),
     (
         with_(rollout={"analysis": {"maxStaleness": "0m"}}),

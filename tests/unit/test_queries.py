@@ -90,9 +90,7 @@ def test_agreement_reads_the_routers_mirrored_comparisons() -> None:
 
 
 def test_only_enabled_checks_are_queried() -> None:
-    minimal = Analysis.model_validate(
-        {"routerGuard": {"enabled": False}, "metrics": {"latency": {"enabled": False}}}
-    )
+    minimal = Analysis.model_validate({"metrics": {"latency": {"enabled": False}}})
     names = set(q.analysis_queries(minimal, "d", "n", "v1", "v2"))
     assert names == {
         "freshness",
@@ -131,9 +129,3 @@ def test_queries_parse_with_promtool(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-def test_the_router_guards_trips_are_read_per_test() -> None:
-    promql = _all()["routerGuard"]
-    assert promql.startswith("max by (test) (mlrollout_router_guard_tripped{")
-    assert 'version="v2"' in promql

@@ -230,7 +230,7 @@ def test_operator_refuses_bad_settings_with_one_line(tmp_path: Any) -> None:
     from pathlib import Path
 
     kopf = Path(sys.executable).parent / "kopf"
-    env = {**os.environ, "MLROLLOUT_TICK_SECONDS": "often"}
+    env = {**os.environ, "MLROLLOUT_API_TIMEOUT": "often"}
     out = subprocess.run(
         [str(kopf), "run", "--standalone", "-m", "mlrollout.operator.main", "--namespace", "x"],
         env=env,
@@ -239,7 +239,7 @@ def test_operator_refuses_bad_settings_with_one_line(tmp_path: Any) -> None:
         timeout=60,
     )
     assert out.returncode != 0
-    assert "MLROLLOUT_TICK_SECONDS='often' is not a number" in out.stderr
+    assert "MLROLLOUT_API_TIMEOUT='often' is not a number" in out.stderr
 
 
 def test_switching_the_router_type_removes_the_other_path(cluster: Any, kube: Kube) -> None:
