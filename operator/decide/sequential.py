@@ -30,7 +30,7 @@ from scipy.special import betaln
 # The Jeffreys prior: adapts to small rates (errors) as well as to rates near 1/2.
 PRIOR_A = 0.5
 PRIOR_B = 0.5
-_BISECT_STEPS = 48
+_BISECT_STEPS = 40
 
 
 def _log_mixture(k: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -39,13 +39,13 @@ def _log_mixture(k: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.f
     return out
 
 
-def _log_lik(
-    k: NDArray[np.float64], n: NDArray[np.float64], p: NDArray[np.float64]
-) -> NDArray[np.float64]:
+def _log_lik(k: NDArray[np.float64], n: NDArray[np.float64], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    # k log p + (n - k) log(1 - p), with 0 log 0 = 0 (p may round to 0 or 1).
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(k > 0, k * np.log(np.clip(p, 1e-300, 1.0)), 0.0)
-        b = np.where(n - k > 0, (n - k) * np.log(np.clip(1.0 - p, 1e-300, 1.0)), 0.0)
-    return a + b
+        a = np.where(k > 0, k * np.log(p), 0.0)
+        b = np.where(n > k, (n - k) * np.log1p(-p), 0.0)
+    out: NDArray[np.float64] = a + b
+    return out
 
 
 def rate_log_evalue(k: ArrayLike, n: ArrayLike, p: ArrayLike) -> NDArray[np.float64]:
@@ -72,23 +72,27 @@ def rate_bounds(
     kk, nn = np.broadcast_arrays(kk, nn)
     if np.any(nn < 0) or np.any(kk < 0) or np.any(kk > nn):
         raise ValueError("rate_bounds needs 0 <= k <= n")
-    level = math.log(1.0 / alpha)
-    # The set {p : log M(p) < level} is an interval around k/n (log M is convex in p).
-    target = _log_mixture(kk, nn) - level  # inside: log-likelihood(p) > target
-    centre = np.where(nn > 0, kk / np.maximum(nn, 1.0), 0.5)
-    lo_a, lo_b = np.zeros_like(centre), centre.copy()  # lik(lo_a) <= target, lik(lo_b) > target
-    hi_a, hi_b = centre.copy(), np.ones_like(centre)  # lik(hi_a) > target, lik(hi_b) <= target
+    # The set {p : log M(p) < log(1/alpha)} is an interval around k/n (log M is convex in
+    # p): bisect both ends at once, in log-odds so that tiny rates resolve as well.
+    target = _log_mixture(kk, nn) - math.log(1.0 / alpha)  # inside: log-lik(p) > target
+    centre = np.clip(np.where(nn > 0, kk / np.maximum(nn, 1.0), 0.5), 1e-12, 1 - 1e-12)
+    c = np.log(centre) - np.log1p(-centre)
+    lo_out, lo_in = np.full_like(c, -40.0), c.copy()  # log-odds: outside / inside the set
+    hi_in, hi_out = c.copy(), np.full_like(c, 40.0)
+    both = np.concatenate([kk, kk])
+    total = np.concatenate([nn, nn])
+    goal = np.concatenate([target, target])
     for _ in range(_BISECT_STEPS):
-        mid = (lo_a + lo_b) / 2
-        inside = _log_lik(kk, nn, mid) > target
-        lo_b = np.where(inside, mid, lo_b)
-        lo_a = np.where(inside, lo_a, mid)
-        mid = (hi_a + hi_b) / 2
-        inside = _log_lik(kk, nn, mid) > target
-        hi_a = np.where(inside, mid, hi_a)
-        hi_b = np.where(inside, hi_b, mid)
-    lower = np.where((kk > 0) & (nn > 0), lo_a, 0.0)
-    upper = np.where((kk < nn) & (nn > 0), hi_b, 1.0)
+        mid = np.concatenate([(lo_out + lo_in) / 2, (hi_in + hi_out) / 2])
+        p = 1.0 / (1.0 + np.exp(-mid))
+        inside = _log_lik(both, total, p) > goal
+        m = len(c)
+        lo_in = np.where(inside[:m], mid[:m], lo_in)
+        lo_out = np.where(inside[:m], lo_out, mid[:m])
+        hi_in = np.where(inside[m:], mid[m:], hi_in)
+        hi_out = np.where(inside[m:], hi_out, mid[m:])
+    lower = np.where((kk > 0) & (nn > 0), 1.0 / (1.0 + np.exp(-lo_out)), 0.0)
+    upper = np.where((kk < nn) & (nn > 0), 1.0 / (1.0 + np.exp(-hi_out)), 1.0)
     return lower, upper
 
 
@@ -96,24 +100,17 @@ def requests_to_decide(k: float, n: float, alpha: float, limit: float) -> int | 
     """More trials after which the upper bound would fall to ``limit`` at the same rate.
 
     An estimate for status ("about N more requests would decide it"): it assumes the
-    observed rate (at least half an event) holds. None when that rate is above ``limit``.
+    observed rate (at least half an event) holds. None when that rate is above ``limit``
+    or more than a billion trials would be needed.
     """
     rate = max(k, 0.5) / max(n, 1.0)
     if rate >= limit:
         return None
-    lo, hi = max(n, 1.0), max(n, 1.0)
-    for _ in range(60):  # grow until the bound is under the limit, then bisect
-        _, upper = rate_bounds(rate * hi, hi, alpha)
-        if upper[0] <= limit:
-            break
-        lo, hi = hi, hi * 2
-    else:
+    sizes = max(n, 1.0) * np.geomspace(1.0, 1e9 / max(n, 1.0), 200) if n < 1e9 else None
+    if sizes is None:
         return None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        _, upper = rate_bounds(rate * mid, mid, alpha)
-        if upper[0] <= limit:
-            hi = mid
-        else:
-            lo = mid
-    return max(0, math.ceil(hi - n))
+    _, upper = rate_bounds(rate * sizes, sizes, alpha)
+    ok = np.nonzero(upper <= limit)[0]
+    if len(ok) == 0:
+        return None
+    return max(0, math.ceil(float(sizes[ok[0]]) - n))
