@@ -513,6 +513,16 @@ class Analysis(_Spec):
             "runs; split among the sequential checks."
         ),
     )
+    pass_risk: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.5,
+        description=(
+            "Per-rollout probability that a step passes on confidence bounds that do not "
+            "hold (a canary worse than a tolerance promoted); split among the sequential "
+            "checks. Larger passes healthy canaries on fewer requests."
+        ),
+    )
     min_samples: int = Field(
         default=100,
         ge=1,

@@ -76,6 +76,16 @@ class Context:
         return f"[{max(1, math.ceil(seconds))}s]"
 
 
+@dataclass(frozen=True)
+class Risk:
+    """A check's share of the rollout's error budgets: ``fail`` of ``analysis.alpha`` (a
+    canary no worse than stable rolled back), ``pass_`` of ``analysis.passRisk`` (a step
+    passed on a bound that does not hold)."""
+
+    fail: float
+    pass_: float
+
+
 class Check(Protocol):
     """One analysis check. Attributes: ``name``, ``sequential`` (a crossing rolls back at
     once) and ``test`` (named in verdicts), read-only."""
@@ -93,7 +103,7 @@ class Check(Protocol):
 
     def queries(self, ctx: Context) -> dict[str, str]: ...
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict: ...
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict: ...
 
 
 # --------------------------------------------------------------------------- helpers
@@ -178,12 +188,16 @@ class ErrorRate:
     def queries(self, ctx: Context) -> dict[str, str]:
         return request_queries(ctx)
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         limit = ctx.analysis.metrics.error_rate.max_rate
         e, n = requests(results, "canary", ROLLOUT)
-        lo, hi = (float(v[0]) for v in seq.rate_bounds(e, n, alpha))
+        lo = float(seq.rate_bounds(e, n, risk.fail)[0][0])
+        hi = float(seq.rate_bounds(e, n, risk.pass_)[1][0])
         counts = f"{e}/{n} canary requests failed"
-        bounds = f"rate in [{_fmt(lo)}, {_fmt(hi)}] (anytime, alpha {_fmt(alpha)})"
+        bounds = (
+            f"rate above {_fmt(lo)} (alpha {_fmt(risk.fail)}), below {_fmt(hi)} "
+            f"(risk {_fmt(risk.pass_)}), anytime"
+        )
         common = {"value": e / n if n else None, "threshold": limit, "samples": n}
         common.update({"lower": lo, "upper": hi})
         if lo > limit:
@@ -193,7 +207,7 @@ class ErrorRate:
             return _verdict(
                 self.name, self.test, "pass", f"{counts}: {bounds} <= max {limit}", **common
             )
-        more = seq.requests_to_decide(e, n, alpha, limit)
+        more = seq.requests_to_decide(e, n, risk.pass_, limit)
         msg = f"{counts}: {bounds} straddles max {limit}"
         return _verdict(self.name, self.test, "inconclusive", msg, needed=more, **common)
 
@@ -212,7 +226,7 @@ class ErrorRateVsStable:
     def queries(self, ctx: Context) -> dict[str, str]:
         return request_queries(ctx)
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         tol = ctx.analysis.metrics.error_rate.max_increase
         e_c, n_c = requests(results, "canary", STEP)
         e_s, n_s = requests(results, "stable", STEP)
@@ -221,36 +235,48 @@ class ErrorRateVsStable:
         # canary's share of traffic is fixed within a step.
         step_log_e = shared.error_split_log_e(e_c, e_s, share) if 0 < share < 1 else 0.0
         log_e = ctx.carried.get(self.name, 0.0) + step_log_e
-        threshold = math.log(1 / (alpha / 2))
+        threshold = shared.threshold(risk.fail)
         counts = (
             f"errors at this step canary {e_c}/{n_c}, stable {e_s}/{n_s} "
             f"(canary share of requests {share:.3f}, of errors "
             f"{(e_c / (e_c + e_s)) if e_c + e_s else 0:.3f})"
         )
-        evidence = f"e-value {math.exp(min(log_e, 700)):.3g} (threshold {2 / alpha:.3g})"
+        evidence = f"e-value {math.exp(min(log_e, 700)):.3g} (threshold {1 / risk.fail:.3g})"
         extra: dict[str, object] = {"stepLogEvidence": step_log_e, "logEvidence": log_e}
         if log_e >= threshold:
             msg = f"{counts}; {evidence}: canary fails more often than stable"
             return _verdict(self.name, self.test, "fail", msg, samples=n_c, threshold=tol, **extra)
-        # Evidence of safety: the increase bounded from the whole rollout's requests.
+        # Evidence of safety, two ways (each with half the pass budget); either suffices:
+        # - the increase bounded from the rollout's requests (best when errors are rare);
+        # - the errors' split at this step bounds the canary/stable rate ratio, times a
+        #   bound of stable's rate (best when both fail often, e.g. shared bursts).
         ec, nc = requests(results, "canary", ROLLOUT)
         es, ns = requests(results, "stable", ROLLOUT)
         (lo_c, hi_c), (lo_s, hi_s) = (
             (float(a[0]), float(b[0]))
-            for a, b in (seq.rate_bounds(k, n, alpha / 4) for k, n in ((ec, nc), (es, ns)))
+            for a, b in (seq.rate_bounds(k, n, risk.pass_ / 4) for k, n in ((ec, nc), (es, ns)))
         )
         upper = hi_c - lo_s
+        via = "rate bounds"
+        if 0 < share < 1 and e_c + e_s > 0:
+            _, theta_hi = (float(v[0]) for v in seq.rate_bounds(e_c, e_c + e_s, risk.pass_ / 4))
+            _, stable_hi = (float(v[0]) for v in seq.rate_bounds(e_s, n_s, risk.pass_ / 4))
+            if theta_hi < 1:
+                ratio_hi = theta_hi * (1 - share) / (share * (1 - theta_hi))
+                by_ratio = stable_hi * max(0.0, ratio_hi - 1)
+                if by_ratio < upper:
+                    upper, via = by_ratio, f"error split (rate ratio <= {ratio_hi:.3g})"
         diff = (ec / nc if nc else 0.0) - (es / ns if ns else 0.0)
         bound = (
             f"increase over the rollout {diff:+.4f} ({ec}/{nc} vs {es}/{ns}), upper bound "
-            f"{upper:+.4f}"
+            f"{upper:+.4f} by {via}"
         )
         extra.update({"value": diff, "threshold": tol, "samples": nc, "upper": upper})
         extra["lower"] = lo_c - hi_s
         if upper <= tol:
             msg = f"{counts}; {evidence}; {bound} <= maxIncrease {tol}"
             return _verdict(self.name, self.test, "pass", msg, **extra)
-        more = seq.requests_to_decide(ec, nc, alpha / 4, tol + lo_s)
+        more = seq.requests_to_decide(ec, nc, risk.pass_ / 4, tol + lo_s)
         msg = f"{counts}; {evidence}; {bound} > maxIncrease {tol}: not yet evidence of safety"
         return _verdict(self.name, self.test, "inconclusive", msg, needed=more, **extra)
 
@@ -324,12 +350,18 @@ class Latency:
             for track in ("stable", "canary")
         }
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         spec = ctx.analysis.metrics.latency
-        a = alpha / max(1, ctx.steps) / 2  # per step, per track
+        # Per step (fresh counts each step) and per track: fail bounds at alpha, pass at risk.
+        a = risk.fail / max(1, ctx.steps) / 2
+        b = risk.pass_ / max(1, ctx.steps) / 2
         qn = spec.quantile
-        lc, uc, nc = quantile_bounds(*_buckets(results, q.LATENCY.format(track="canary")), qn, a)
-        ls, us, ns = quantile_bounds(*_buckets(results, q.LATENCY.format(track="stable")), qn, a)
+        canary = _buckets(results, q.LATENCY.format(track="canary"))
+        stable = _buckets(results, q.LATENCY.format(track="stable"))
+        lc, _, nc = quantile_bounds(*canary, qn, a)
+        _, us, ns = quantile_bounds(*stable, qn, a)
+        _, uc, _ = quantile_bounds(*canary, qn, b)
+        ls, _, _ = quantile_bounds(*stable, qn, b)
         if nc == 0:
             return _verdict(
                 self.name,
@@ -342,7 +374,8 @@ class Latency:
         p = f"p{qn * 100:g}"
         counts = (
             f"canary {p} in ({_fmt(lc)}, {_fmt(uc)}]s from {nc} requests, stable {p} in "
-            f"({_fmt(ls)}, {_fmt(us)}]s from {ns} (bucket edges, anytime, alpha {_fmt(a)} each)"
+            f"({_fmt(ls)}, {_fmt(us)}]s from {ns} (bucket edges, anytime; lower canary and upper "
+            f"stable bounds at alpha {_fmt(a)}, the others at risk {_fmt(b)})"
         )
         extra: dict[str, object] = {"samples": nc, "lower": lc, "upper": uc}
         ratio = spec.max_ratio
@@ -439,12 +472,13 @@ class PredictionDrift:
             for track in ("stable", "canary")
         }
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         spec = ctx.analysis.metrics.prediction_drift
         assert spec is not None
         canary = by_label(results, q.PREDICTION_BINS.format(track="canary"), "bin")
         stable = by_label(results, q.PREDICTION_BINS.format(track="stable"), "bin")
-        est, lo, hi, nc, ns = psi_bounds(canary, stable, alpha)
+        est, lo, _, nc, ns = psi_bounds(canary, stable, risk.fail)
+        _, _, hi, _, _ = psi_bounds(canary, stable, risk.pass_)
         if nc == 0 or ns == 0:
             return _verdict(
                 self.name,
@@ -456,7 +490,8 @@ class PredictionDrift:
             )
         msg = (
             f"prediction PSI {est:.3f} in [{lo:.3f}, {_fmt(hi)}] from {nc} canary and {ns} "
-            f"stable rows (anytime, alpha {_fmt(alpha)})"
+            f"stable rows (anytime; lower at alpha {_fmt(risk.fail)}, upper at risk "
+            f"{_fmt(risk.pass_)})"
         )
         extra: dict[str, object] = {
             "value": est,
@@ -500,7 +535,7 @@ class FeedbackAccuracy:
             for track in ("stable", "canary")
         }
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         spec = ctx.analysis.metrics.feedback_accuracy
         assert spec is not None
 
@@ -511,15 +546,18 @@ class FeedbackAccuracy:
 
         w_c, n_c = counts("canary")
         w_s, n_s = counts("stable")
-        (lo_c, hi_c), (lo_s, hi_s) = (
-            (float(a[0]), float(b[0]))
-            for a, b in (seq.rate_bounds(k, n, alpha / 2) for k, n in ((w_c, n_c), (w_s, n_s)))
-        )
+        # Fail side: canary's lower and stable's upper error bounds at alpha / 2 each; pass
+        # side: the other two at passRisk / 2.
+        lo_c = float(seq.rate_bounds(w_c, n_c, risk.fail / 2)[0][0])
+        hi_s = float(seq.rate_bounds(w_s, n_s, risk.fail / 2)[1][0])
+        hi_c = float(seq.rate_bounds(w_c, n_c, risk.pass_ / 2)[1][0])
+        lo_s = float(seq.rate_bounds(w_s, n_s, risk.pass_ / 2)[0][0])
         acc = 1 - w_c / n_c if n_c else None
         msg = (
             f"feedback canary {n_c - w_c}/{n_c} correct (accuracy in [{1 - hi_c:.4f}, "
             f"{1 - lo_c:.4f}]), stable {n_s - w_s}/{n_s}; accuracy drop in "
-            f"[{lo_c - hi_s:+.4f}, {hi_c - lo_s:+.4f}] (anytime, alpha {_fmt(alpha)})"
+            f"[{lo_c - hi_s:+.4f}, {hi_c - lo_s:+.4f}] (anytime, alpha {_fmt(risk.fail)}, "
+            f"risk {_fmt(risk.pass_)})"
         )
         extra: dict[str, object] = {
             "value": acc,
@@ -590,7 +628,7 @@ class Agreement:
             )
         }
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         spec = ctx.analysis.metrics.agreement
         assert spec is not None
         by = by_label(results, q.AGREEMENT, "result")
@@ -600,18 +638,18 @@ class Agreement:
         if n == 0:
             msg = "no mirrored row compared yet (traffic.agreement.percent sets the mirroring)"
             return _verdict(self.name, self.test, "noData", msg, **extra)
-        lo, hi = (float(v[0]) for v in seq.rate_bounds(agree, n, alpha / 2))
+        lo, hi = (float(v[0]) for v in seq.rate_bounds(agree, n, risk.pass_))
         log_e = shared.disagreement_log_e(agree, disagree, spec.min)
         extra.update({"value": agree / n, "lower": lo, "upper": hi, "logEvidence": log_e})
         msg = (
             f"{agree}/{n} mirrored rows agree: rate in [{lo:.4f}, {hi:.4f}], e-value "
-            f"{math.exp(min(log_e, 700)):.3g} (threshold {2 / alpha:.3g})"
+            f"{math.exp(min(log_e, 700)):.3g} (threshold {1 / risk.fail:.3g})"
         )
-        if log_e >= shared.threshold(alpha / 2):
+        if log_e >= shared.threshold(risk.fail):
             return _verdict(self.name, self.test, "fail", f"{msg}: below min {spec.min}", **extra)
         if lo >= spec.min:
             return _verdict(self.name, self.test, "pass", f"{msg} >= min {spec.min}", **extra)
-        more = seq.requests_to_decide(disagree, n, alpha / 2, 1 - spec.min)
+        more = seq.requests_to_decide(disagree, n, risk.pass_, 1 - spec.min)
         return _verdict(
             self.name,
             self.test,
@@ -647,7 +685,7 @@ class InputDrift:
         out[q.DRIFT_WINDOWS] = f"sum(mlrollout_drift_windows_total{ctx.selector('canary')})"
         return out
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         spec = ctx.analysis.metrics.input_drift
         assert spec is not None
         limit = spec.max_psi_increase
@@ -702,7 +740,7 @@ class Custom:
             )
         }
 
-    def judge(self, ctx: Context, results: Results, alpha: float) -> Verdict:
+    def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
         value = scalar(results, q.CUSTOM.format(name=self.name))
         threshold = self.hi if self.hi is not None else self.lo
         if value is None:
@@ -739,10 +777,10 @@ def enabled_checks(analysis: Analysis) -> list[Check]:
     return out
 
 
-def alpha_per_check(budget: float, checks: Sequence[Check]) -> float:
-    """Each sequential check's share of the analysis' budget (Bonferroni)."""
-    shares = sum(_SHARES.get(c.name, 1) for c in checks if c.sequential)
-    return budget / max(1, shares)
+def risk_per_check(ctx: Context, checks: Sequence[Check]) -> Risk:
+    """Each sequential check's share of the budgets (Bonferroni)."""
+    shares = max(1, sum(_SHARES.get(c.name, 1) for c in checks if c.sequential))
+    return Risk(fail=ctx.budget() / shares, pass_=ctx.analysis.pass_risk / shares)
 
 
 def plan(ctx: Context) -> dict[str, str]:
@@ -769,11 +807,11 @@ def evaluate(ctx: Context, results: Results) -> list[Verdict]:
     if age > limit:
         msg = f"canary metrics are stale: last scrape {age:.0f}s ago (maxStaleness {limit:.0f}s)"
         return [_verdict(n, "", "providerError", msg) for n in names]
-    alpha = alpha_per_check(ctx.budget(), checks)
+    risk = risk_per_check(ctx, checks)
     out = []
     for check in checks:
         try:
-            out.append(check.judge(ctx, results, alpha))
+            out.append(check.judge(ctx, results, risk))
         except Unavailable as exc:
             out.append(_verdict(check.name, check.test, "providerError", str(exc)))
     return out

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import brentq
 from scipy.special import betaln
 
 # The Jeffreys prior: adapts to small rates (errors) as well as to rates near 1/2.
@@ -39,7 +40,9 @@ def _log_mixture(k: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.f
     return out
 
 
-def _log_lik(k: NDArray[np.float64], n: NDArray[np.float64], p: NDArray[np.float64]) -> NDArray[np.float64]:
+def _log_lik(
+    k: NDArray[np.float64], n: NDArray[np.float64], p: NDArray[np.float64]
+) -> NDArray[np.float64]:
     # k log p + (n - k) log(1 - p), with 0 log 0 = 0 (p may round to 0 or 1).
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(k > 0, k * np.log(p), 0.0)
@@ -72,6 +75,9 @@ def rate_bounds(
     kk, nn = np.broadcast_arrays(kk, nn)
     if np.any(nn < 0) or np.any(kk < 0) or np.any(kk > nn):
         raise ValueError("rate_bounds needs 0 <= k <= n")
+    if kk.size <= 4:  # the usual case: a few scalars, solved one by one (fast)
+        pairs = [_scalar_bounds(float(a), float(b), alpha) for a, b in zip(kk, nn, strict=True)]
+        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     # The set {p : log M(p) < log(1/alpha)} is an interval around k/n (log M is convex in
     # p): bisect both ends at once, in log-odds so that tiny rates resolve as well.
     target = _log_mixture(kk, nn) - math.log(1.0 / alpha)  # inside: log-lik(p) > target
@@ -93,6 +99,25 @@ def rate_bounds(
         hi_out = np.where(inside[m:], hi_out, mid[m:])
     lower = np.where((kk > 0) & (nn > 0), 1.0 / (1.0 + np.exp(-lo_out)), 0.0)
     upper = np.where((kk < nn) & (nn > 0), 1.0 / (1.0 + np.exp(-hi_out)), 1.0)
+    return lower, upper
+
+
+def _scalar_bounds(k: float, n: float, alpha: float) -> tuple[float, float]:
+    """``rate_bounds`` for one rate: Brent's method on the same boundary."""
+    if n <= 0:
+        return 0.0, 1.0
+    target = float(betaln(k + PRIOR_A, n - k + PRIOR_B) - betaln(PRIOR_A, PRIOR_B)) - math.log(
+        1.0 / alpha
+    )
+
+    def excess(x: float) -> float:  # log-likelihood at log-odds x minus the boundary
+        soft = max(x, 0.0) + math.log1p(math.exp(-abs(x)))  # log(1 + e^x) = -log(1 - p)
+        return k * (x - soft) - (n - k) * soft - target
+
+    centre = min(max(k / n, 1e-12), 1 - 1e-12)
+    c = math.log(centre) - math.log1p(-centre)
+    lower = 0.0 if k <= 0 else 1.0 / (1.0 + math.exp(-brentq(excess, -40.0, c, xtol=1e-10)))
+    upper = 1.0 if k >= n else 1.0 / (1.0 + math.exp(-brentq(excess, c, 40.0, xtol=1e-10)))
     return lower, upper
 
 

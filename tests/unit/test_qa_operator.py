@@ -348,7 +348,7 @@ def _prediction_verdict(results: dict[str, Any]) -> Any:
 
     cfg = Analysis.model_validate({"metrics": {"predictionDrift": {}}})
     ctx = checks.Context(cfg, "fraud", "default", "v1", "v2")
-    return checks.PredictionDrift().judge(ctx, results, 0.01)
+    return checks.PredictionDrift().judge(ctx, results, checks.Risk(0.01, 0.05))
 
 
 def test_prediction_drift_still_needs_canary_predictions() -> None:
