@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,7 +37,7 @@ from mlrollout.operator.interfaces import (
     Runtime,
     TrafficRouter,
 )
-from mlrollout.operator.model import Traffic
+from mlrollout.operator.model import HistoryEntry, Traffic
 from mlrollout.operator.reconcile import ReconcileResult, load_status, reconcile
 from mlrollout.operator.settings import OperatorSettings
 from pydantic import ValidationError
@@ -79,6 +79,10 @@ class Deps:
     monotonic: Callable[[], float] = time.monotonic
     # Told (uid, monotonic due time) whenever an object's next due time is decided.
     on_due: Callable[[str, float], None] | None = None
+    # Told each decision's events (notifications); must not block (webhook.py queues).
+    notify: Callable[[DeploymentKey, Mapping[str, Any], Sequence[Event], datetime], None] | None = (
+        None
+    )
     memory: dict[str, _Memory] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -192,6 +196,11 @@ def reconcile_object(
         deps.set_due(uid, memory, deps.monotonic() + result.requeue_after)
         _announce(current, result, emit)
         _measure(namespace, name, current, result)
+        if deps.notify is not None and result.events:
+            try:
+                deps.notify(DeploymentKey(namespace, name), spec, result.events, deps.clock())
+            except Exception:  # a notification never costs a reconcile
+                log.exception("%s/%s: notifications not sent", namespace, name)
         log.debug("%s/%s reconciled (%s): %d status fields", namespace, name, reason, len(changes))
         return result.requeue_after
     finally:
@@ -254,6 +263,7 @@ def _invalid(
         events=decision.events,
         requeue_after=decision.requeue_after,
         decision=decision,
+        state=decision.status,
     )
 
 
@@ -290,23 +300,23 @@ def _announce(old: Mapping[str, Any], result: ReconcileResult, emit: Emit) -> No
 
 
 def _measure(namespace: str, name: str, old: Mapping[str, Any], result: ReconcileResult) -> None:
-    weights = result.status.get("weights") or {}
-    phase = str(result.status.get("phase", ""))
-    opmetrics.observe(namespace, name, phase, int(weights.get("canary", 0)))
+    state = result.state
+    opmetrics.observe(namespace, name, str(state.phase), state.weights.canary)
     for counter in getattr(result.decision, "counters", ()):
         opmetrics.count(namespace, name, counter.name, counter.labels, counter.value)
-    seen = {_entry_key(e) for e in old.get("history") or []}
-    new = [e for e in result.status.get("history") or [] if _entry_key(e) not in seen]
+    # Only history entries this reconcile added count (the history is a bounded window).
+    seen = {_entry_key(e) for e in load_status(old).history} if old.get("history") else set()
+    new = [e for e in state.history if _entry_key(e) not in seen]
     opmetrics.outcomes(
         namespace,
         name,
-        promoted=sum(e.get("outcome") == "promoted" for e in new),
-        rolled_back=sum(e.get("outcome") == "rolledBack" for e in new),
+        promoted=sum(e.outcome == "promoted" for e in new),
+        rolled_back=sum(e.outcome == "rolledBack" for e in new),
     )
 
 
-def _entry_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(entry.get("revision")), str(entry.get("outcome")), str(entry.get("at")))
+def _entry_key(entry: HistoryEntry) -> tuple[str, str, datetime]:
+    return (entry.revision, entry.outcome, entry.at)
 
 
 def forget_object(deps: Deps, *, body: Mapping[str, Any]) -> None:

@@ -709,6 +709,15 @@ class Traffic(_Spec):
         le=100,
         description="Percent of stable traffic mirrored to the canary; responses discarded.",
     )
+    track_header: Literal["off", "weighted", "always"] = Field(
+        default="off",
+        description=(
+            "Whether a client may pick the track with the x-mlrollout-track header. off: "
+            "ignored. weighted: stable, or a canary while its weight is above 0. always: also "
+            "a canary at weight 0 (e.g. a shadow step). A rolled-back canary is never "
+            "reachable. Feedback is pinned to the track that predicted in every mode."
+        ),
+    )
 
     agreement: AgreementMirror | None = Field(
         default=None,
@@ -725,6 +734,8 @@ class Traffic(_Spec):
             raise ValueError("traffic.gateway is required when traffic.router is gatewayAPI")
         if self.router == "gatewayAPI" and self.shadow_percent:
             raise ValueError("traffic.shadowPercent needs the builtin router")
+        if self.router == "gatewayAPI" and self.track_header != "off":
+            raise ValueError("traffic.trackHeader needs the builtin router")
         if self.router == "gatewayAPI" and self.agreement is not None and self.agreement.percent:
             raise ValueError("traffic.agreement needs the builtin router")
         return self
@@ -758,6 +769,50 @@ class Controls(_Spec):
     )
 
 
+NotifyEvent = Literal["rolloutStarted", "promoted", "rolledBack", "stableDrift"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("rolloutStarted", "promoted", "rolledBack", "stableDrift")
+
+
+class Webhook(_Spec):
+    """An HTTP endpoint told about rollout events (JSON, or a Slack-compatible body)."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "Where to POST (http or https). Anyone who can read the ModelDeployment can read "
+            "it: use an endpoint that does not rely on a secret in its URL, or a relay."
+        ),
+    )
+    format: Literal["json", "slack"] = Field(
+        default="json",
+        description="json: mlrollout's event document; slack: a Slack incoming-webhook body.",
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        min_length=1,
+        description="Which events to send: rolloutStarted, promoted, rolledBack, stableDrift.",
+    )
+    timeout: str = Field(
+        default="5s",
+        pattern=DURATION_PATTERN,
+        description="Longest wait for the endpoint per event (at most 30s); never delays a rollout.",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_bounded(self) -> Webhook:
+        if not 0 < parse_duration(self.timeout) <= 30:
+            raise ValueError("notifications.webhooks[].timeout must be in (0s, 30s]")
+        return self
+
+
+class Notifications(_Spec):
+    webhooks: list[Webhook] = Field(
+        default_factory=list, max_length=5, description="Endpoints told about rollout events."
+    )
+
+
 class ModelDeploymentSpec(_Spec):
     model: ModelRef = Field(description="The model to serve; changing it starts a rollout.")
     serving: Serving = Field(default_factory=Serving, description="How each revision runs.")
@@ -766,6 +821,10 @@ class ModelDeploymentSpec(_Spec):
     controls: Controls = Field(
         default_factory=Controls,
         description="One-shot operator actions that work from Git: change a token to act.",
+    )
+    notifications: Notifications | None = Field(
+        default=None,
+        description="Webhooks told when a rollout starts, is promoted or rolled back, or stable drifts.",
     )
 
     @model_validator(mode="after")
@@ -845,6 +904,13 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         }
         for name in ("interval", "window", "maxStaleness", "stepDeadline")
     ],
+    Webhook: [
+        {
+            "rule": "!has(self.timeout) || (duration(self.timeout) > duration('0s') && "
+            "duration(self.timeout) <= duration('30s'))",
+            "message": "timeout must be in (0s, 30s]",
+        }
+    ],
     Traffic: [
         {
             "rule": "self.router != 'gatewayAPI' || has(self.gateway)",
@@ -854,6 +920,11 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": "self.router != 'gatewayAPI' || !has(self.shadowPercent) || "
             "self.shadowPercent == 0",
             "message": "shadowPercent needs the builtin router",
+        },
+        {
+            "rule": "self.router != 'gatewayAPI' || !has(self.trackHeader) || "
+            "self.trackHeader == 'off'",
+            "message": "trackHeader needs the builtin router",
         },
         {
             "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "

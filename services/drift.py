@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from mlrollout.services.profile import FeatureProfile, Profile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from scipy.special import chdtrc, xlogy
 
 MIN_EXPECTED = 5.0  # Cochran's rule: cells expecting fewer rows are pooled for the G-test
-LABEL_KEYS = ("deployment", "model", "version", "track")
 # Raw categorical values per row: a 2-D object array (fast) or a sequence of rows.
 Categorical = np.ndarray | Sequence[Sequence[Any]]
 
@@ -40,7 +38,7 @@ def _as_proportions(values: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what}: must be a non-empty 1-D array")
     if not np.isfinite(x).all() or (x < 0).any():
         raise ValueError(f"{what}: must be finite and non-negative")
-    total = x.sum()
+    total = float(x.sum())
     if total <= 0:
         raise ValueError(f"{what}: has no mass (all zero)")
     return x / total
@@ -424,76 +422,3 @@ def _check_categorical(rows: Categorical | None, n: int, width: int) -> None:
 
 def _opt(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
-
-
-# --------------------------------------------------------------------------- prometheus
-
-
-class DriftCollector:
-    """A prometheus_client custom collector exposing a DriftMonitor (docs/architecture.md).
-
-    Window gauges (psi, statistic) have no sample until the first window completes;
-    alarms read 0 until then.
-    """
-
-    def __init__(self, monitor: DriftMonitor, labels: Mapping[str, str]) -> None:
-        if set(labels) != set(LABEL_KEYS):
-            raise ValueError(f"labels: need exactly {LABEL_KEYS}, got {sorted(labels)}")
-        self._monitor = monitor
-        self._values = [str(labels[k]) for k in LABEL_KEYS]
-
-    def describe(self) -> list[Metric]:
-        return list(self._families(None))
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self._monitor.snapshot())
-
-    def _families(self, snap: DriftSnapshot | None) -> Iterator[Metric]:
-        base, lv = list(LABEL_KEYS), self._values
-        bins = CounterMetricFamily(
-            "mlrollout_drift_bin",
-            "Feature values per profile bin.",
-            labels=[*base, "feature", "bin"],
-        )
-        fpsi = GaugeMetricFamily(
-            "mlrollout_drift_psi", "PSI of the last complete window vs profile.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        fstat = GaugeMetricFamily(
-            "mlrollout_drift_statistic", "G-test statistic of the last complete window.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        falarm = GaugeMetricFamily(
-            "mlrollout_drift_alarm", "1 if the last complete window alarmed.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        windows = CounterMetricFamily(
-            "mlrollout_drift_windows", "Completed drift windows.", labels=base
-        )
-        pbins = CounterMetricFamily(
-            "mlrollout_prediction_bin", "Predictions per profile bin.", labels=[*base, "bin"]
-        )
-        ppsi = GaugeMetricFamily(
-            "mlrollout_prediction_psi", "Prediction PSI of the last window vs profile.",
-            labels=base,
-        )  # fmt: skip
-        palarm = GaugeMetricFamily(
-            "mlrollout_prediction_drift_alarm", "1 if the last prediction window alarmed.",
-            labels=base,
-        )  # fmt: skip
-        if snap is not None:
-            for f in snap.features:
-                for b, c in enumerate(f.bin_counts):
-                    bins.add_metric([*lv, f.name, str(b)], c)
-                if f.psi is not None:
-                    fpsi.add_metric([*lv, f.name], f.psi)
-                if f.statistic is not None:
-                    fstat.add_metric([*lv, f.name], f.statistic)
-                falarm.add_metric([*lv, f.name], float(f.alarm))
-            windows.add_metric(lv, snap.windows)
-            for b, c in enumerate(snap.prediction.bin_counts):
-                pbins.add_metric([*lv, str(b)], c)
-            if snap.prediction.psi is not None:
-                ppsi.add_metric(lv, snap.prediction.psi)
-            palarm.add_metric(lv, float(snap.prediction.alarm))
-        yield from (bins, fpsi, fstat, falarm, windows, pbins, ppsi, palarm)

@@ -117,9 +117,15 @@ class FileSource:
                 data = f.read(self.max_bytes + 1)
         except OSError as exc:
             if not self._missing_logged:
-                log.error(
-                    "cannot read routing table %s: %s; keeping the table in force", self.path, exc
-                )
+                if self._digest is None and isinstance(exc, FileNotFoundError):
+                    # Every local run starts so: the table comes once a server is ready.
+                    log.info("no routing table at %s yet; waiting for it", self.path)
+                else:
+                    log.error(
+                        "cannot read routing table %s: %s; keeping the table in force",
+                        self.path,
+                        exc,
+                    )
                 self._missing_logged = True
             self._stat = None
             return

@@ -32,6 +32,7 @@ from mlrollout.operator.interfaces import (
 )
 from mlrollout.operator.model import ModelDeploymentSpec, ModelDeploymentStatus
 from mlrollout.services.metrics import LATENCY_BUCKETS
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 
 @dataclass(frozen=True)
@@ -236,22 +237,29 @@ class FakeRouter:
     """A TrafficRouter holding the table in memory."""
 
     def __init__(self, log: list[str] | None = None) -> None:
-        self.table: dict[str, Any] | None = None
-        self.tables: list[dict[str, Any]] = []  # every table written, in order
+        self.routes: RoutingTable | None = None
+        self.tables: list[dict[str, Any]] = []  # every table written, as documents, in order
         self.writes = 0
         self.log = log if log is not None else []
         self.guard: dict[str, Any] | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
-        self.table = dict(table)
-        self.tables.append(dict(table))
-        self.writes += 1
-        self.log.append(
-            "route " + ",".join(f"{k}={v}" for k, v in sorted(table["weights"].items()))
-        )
+    @property
+    def table(self) -> dict[str, Any] | None:
+        """The table in force as its document (what tests compare)."""
+        return None if self.routes is None else self.routes.to_doc()
 
-    def get_routes(self) -> dict[str, Any] | None:
-        return self.table
+    @table.setter
+    def table(self, doc: dict[str, Any] | None) -> None:
+        self.routes = None if doc is None else parse_table(doc)
+
+    def set_routes(self, table: RoutingTable) -> None:
+        self.routes = table
+        self.tables.append(table.to_doc())
+        self.writes += 1
+        self.log.append("route " + ",".join(f"{k}={v}" for k, v in sorted(table.weights.items())))
+
+    def get_routes(self) -> RoutingTable | None:
+        return self.routes
 
     def guard_report(self) -> dict[str, Any] | None:
         """What a router's guard would report: set ``guard`` to simulate a trip."""
