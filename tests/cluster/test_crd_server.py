@@ -89,9 +89,7 @@ def _server_verdict(api: Any, namespace: str, spec: dict[str, Any]) -> str | Non
 
 
 def test_crd_is_accepted_and_established(crd_installed: Any) -> None:
-    crd = json.loads(
-        crd_installed.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json").stdout
-    )
+    crd = json.loads(crd_installed.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json").stdout)
     conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conditions.get("Established") == "True"
     assert conditions.get("NonStructuralSchema", "False") == "False"
@@ -104,9 +102,7 @@ def test_server_and_generator_agree_on_the_stored_schema(crd_installed: Any) -> 
         crd_installed.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json").stdout
     )
     committed = yaml.safe_load(CRD_FILE.read_text())
-    assert (
-        stored["spec"]["versions"][0]["schema"] == committed["spec"]["versions"][0]["schema"]
-    )
+    assert stored["spec"]["versions"][0]["schema"] == committed["spec"]["versions"][0]["schema"]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +118,9 @@ def test_server_refuses_what_the_models_refuse(
 
 
 @pytest.mark.parametrize("raw", CASES.GOOD, ids=[f"good{i}" for i in range(len(CASES.GOOD))])
-def test_server_accepts_what_the_models_accept(api: Any, namespace: str, raw: dict[str, Any]) -> None:
+def test_server_accepts_what_the_models_accept(
+    api: Any, namespace: str, raw: dict[str, Any]
+) -> None:
     assert _server_verdict(api, namespace, raw) is None
 
 
@@ -146,7 +144,7 @@ def test_cel_rules_fit_the_runtime_cost_budget_at_the_largest_lists(
     ]["custom"]
     spec = CASES.with_(
         rollout={
-            "steps": [{"weight": min(100, i)} for i in range(steps_max)],
+            "steps": [{"weight": min(100, 5 * (i + 1))} for i in range(steps_max)],
             "analysis": {
                 "metrics": {
                     "custom": [
@@ -170,8 +168,15 @@ def test_kubectl_get_md_prints_the_columns(crd_installed: Any, namespace: str) -
         "weights": {"stable": 80, "canary": 20},
     }
     cp.kubectl(
-        "patch", "md", "columns", "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": status}),
+        "patch",
+        "md",
+        "columns",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
     )
     out = cp.kubectl("get", "md", "-n", namespace).stdout.splitlines()
     assert out[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "AGE"], out
