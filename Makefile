@@ -57,23 +57,24 @@ demo: install
 	$(BIN)/mlrollout demo
 
 bench: install
-	$(BIN)/python -m mlrollout.services.bench --out docs
+	$(BIN)/python -m bench --out docs
 
 lint: install
 	@mkdir -p .lint/mlrollout && ln -sfn ../../operator .lint/mlrollout/operator && ln -sfn ../../services .lint/mlrollout/services
-	$(BIN)/ruff check operator services tests
-	$(BIN)/ruff format --check operator services tests
+	$(BIN)/ruff check operator services tests bench tools
+	$(BIN)/ruff format --check operator services tests bench tools
 	cd .lint && ../$(BIN)/mypy --config-file ../pyproject.toml -p mlrollout.operator -p mlrollout.services
+	cd .lint && ../$(BIN)/lint-imports --no-logo ../pyproject.toml
 
 # Regenerate the CRD from the pydantic models (crds/, manifests/crd.yaml), then the chart's
 # copy and the manifests rendered from the chart. crds-check fails when any copy is stale.
 crds: install
 	$(BIN)/python -m mlrollout.operator.crd write
-	$(BIN)/python -m mlrollout.services.deploy_assets write
+	$(BIN)/python -m tools.deploy_assets write
 
 crds-check: install
 	$(BIN)/python -m mlrollout.operator.crd check
-	$(BIN)/python -m mlrollout.services.deploy_assets check
+	$(BIN)/python -m tools.deploy_assets check
 
 e2e: install
 	@bash tests/e2e/kind/run.sh

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlrollout.operator import builders
+from mlrollout.operator import api, builders
 from mlrollout.operator import model as m
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
@@ -28,7 +28,7 @@ from pydantic_core import PydanticUndefined, core_schema, to_jsonable_python
 
 CRD_PATH = Path("crds/modeldeployment.yaml")
 # The chart renders its copy from a template (helm/mlrollout/files/crds, written by
-# services/deploy_assets.py) so that the CRD upgrades with the chart; a crds/ folder in
+# tools/deploy_assets.py) so that the CRD upgrades with the chart; a crds/ folder in
 # the chart as well would make Helm install it twice.
 COPIES = (Path("manifests/crd.yaml"),)
 HEADER = (
@@ -167,43 +167,49 @@ def crd() -> dict[str, Any]:
     spec["description"] = "What to serve and how to roll out changes to it."
     status = schema_of(m.ModelDeploymentStatus)
     status["description"] = "Written by the operator; everything needed to resume a rollout."
+    # (name, type, jsonPath, description, priority): priority 1 shows only with -o wide.
     columns = [
-        ("Phase", "string", ".status.phase", "Where the deployment stands."),
-        ("Stable", "string", ".status.stable.version", "Stable model version."),
-        ("Canary", "string", ".status.canary.version", "Canary model version, if any."),
-        ("Weight", "integer", ".status.weights.canary", "Percent of traffic to the canary."),
-        ("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+        ("Phase", "string", ".status.phase", "Where the deployment stands.", 0),
+        ("Stable", "string", ".status.stable.version", "Stable model version.", 0),
+        ("Canary", "string", ".status.canary.version", "Canary model version, if any.", 0),
+        ("Step", "string", ".status.step", "Current canary step as n/m.", 0),
+        ("Weight", "integer", ".status.weights.canary", "Percent of traffic to the canary.", 0),
+        ("Message", "string", ".status.message", "Human summary of the phase.", 0),
+        ("Age", "date", ".metadata.creationTimestamp", "Time since creation.", 0),
+        ("Stable-Revision", "string", ".status.stable.id", "Stable revision id.", 1),
+        ("Canary-Revision", "string", ".status.canary.id", "Canary revision id.", 1),
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{m.PLURAL}.{m.GROUP}",
+            "name": f"{api.PLURAL}.{api.GROUP}",
             "labels": {
                 "app.kubernetes.io/name": "mlrollout",
                 "app.kubernetes.io/part-of": "mlrollout",
             },
         },
         "spec": {
-            "group": m.GROUP,
+            "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": m.KIND,
-                "listKind": f"{m.KIND}List",
-                "plural": m.PLURAL,
-                "singular": m.KIND.lower(),
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.KIND.lower(),
                 "shortNames": ["md"],
                 "categories": ["mlrollout"],
             },
             "versions": [
                 {
-                    "name": m.VERSION,
+                    "name": api.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": n, "type": t, "jsonPath": p, "description": d}
-                        for n, t, p, d in columns
+                        | ({"priority": prio} if prio else {})
+                        for n, t, p, d, prio in columns
                     ],
                     "schema": {
                         "openAPIV3Schema": {

@@ -1,19 +1,20 @@
 """Bodies of the kopf handlers: one reconcile per call, serialised per object.
 
-``main.py`` only registers these. Every entry point (create, spec update, resume, timer)
-runs :func:`reconcile_object`, which builds the Kubernetes plug-ins for this object, calls
-``reconcile.reconcile`` and puts the new status into kopf's ``patch.status``.
+``main.py`` only registers these. Every entry point (create, spec update, resume, and a
+reconcile falling due) runs :func:`reconcile_object`, which builds the Kubernetes
+plug-ins for this object, calls ``reconcile.reconcile`` and puts the new status into
+``patch.status`` (kopf's patch in change handlers; written by ``main.py`` otherwise).
 
 Why the extra state here:
 
-- kopf runs timers concurrently with change handlers, so a per-object lock serialises
-  the reconciles of one object;
+- due reconciles (``pacer.py``) run concurrently with change handlers, so a per-object
+  lock serialises the reconciles of one object;
 - kopf applies ``patch.status`` after the handler returns, so the next run may still see
   the old status in its body. The status we last decided is kept in memory and used
   instead until the stored status catches up (it is only a cache: after a restart the
   stored status is the truth, which is why everything needed to resume lives there);
-- timers fire at a fixed short interval (``MLROLLOUT_TICK_SECONDS``); the engine says
-  when calling again is useful (``requeue_after``), so ticks before that do nothing.
+- the engine says when calling again is useful (``requeue_after``); that due time is
+  handed to ``Deps.on_due`` (the pacer), so nothing runs for an object before then.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mlrollout.operator.interfaces import (
     Runtime,
     TrafficRouter,
 )
-from mlrollout.operator.model import Traffic
+from mlrollout.operator.model import HistoryEntry, Traffic
 from mlrollout.operator.reconcile import ReconcileResult, load_status, reconcile
 from mlrollout.operator.settings import OperatorSettings
 from pydantic import ValidationError
@@ -54,11 +55,18 @@ class Plugins(Protocol):
     def router(self, owner: b.Owner, traffic: Traffic) -> TrafficRouter: ...
 
 
+# After a failed reconcile, try again this many seconds later (kopf's change-handler
+# backoff in main.py is the same).
+RETRY_SECONDS = 5.0
+
+
 @dataclass
 class _Memory:
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: dict[str, Any] | None = None  # last decided; may be ahead of the stored one
-    due: float = 0.0  # monotonic time before which a timer tick has nothing to do
+    due: float = float("inf")  # monotonic time before which a due run has nothing to do
+    body: Mapping[str, Any] | None = None  # as last seen by a change handler
+    written: dict[str, Any] | None = None  # status as last written (by whichever path)
 
 
 @dataclass
@@ -69,6 +77,8 @@ class Deps:
     reconcile: Callable[..., ReconcileResult] = reconcile
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
+    # Told (uid, monotonic due time) whenever an object's next due time is decided.
+    on_due: Callable[[str, float], None] | None = None
     memory: dict[str, _Memory] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +89,15 @@ class Deps:
     def forget(self, uid: str) -> None:
         with self._guard:
             self.memory.pop(uid, None)
+
+    def known(self, uid: str) -> _Memory | None:
+        with self._guard:
+            return self.memory.get(uid)
+
+    def set_due(self, uid: str, memory: _Memory, due: float) -> None:
+        memory.due = due
+        if self.on_due is not None and self.known(uid) is memory:
+            self.on_due(uid, due)
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,13 +141,18 @@ def reconcile_object(
 ) -> float | None:
     """Reconcile one ModelDeployment and stage its new status in ``patch.status``.
 
-    Returns the engine's ``requeue_after`` (seconds), or None when a timer tick was
-    skipped because nothing is due yet or another reconcile of the object is running.
-    Raises what the plug-ins raise (kopf retries change handlers; timers tick again).
+    Returns the engine's ``requeue_after`` (seconds), or None when a due run
+    (``force=False``) was skipped because nothing is due yet or another reconcile of the
+    object is running (which decides the next due time itself).
+    Raises what the plug-ins raise; the object falls due again ``RETRY_SECONDS`` later.
     """
     meta = body.get("metadata", {})
     uid, name, namespace = meta["uid"], meta["name"], meta["namespace"]
-    memory = deps.of(uid)
+    memory = deps.of(uid) if force else deps.known(uid)
+    if memory is None:  # a due run for an object deleted meanwhile
+        return None
+    if force:
+        memory.body = body
     if not force and deps.monotonic() < memory.due:
         return None
     if not memory.lock.acquire(blocking=force):
@@ -136,6 +160,8 @@ def reconcile_object(
     try:
         spec = dict(body.get("spec") or {})
         stored = dict(body.get("status") or {})
+        if not force and memory.written is not None:
+            stored = memory.written  # the handler's body predates our own later writes
         current = memory.status if memory.status is not None else stored
         owner = b.Owner(name=name, namespace=namespace, uid=uid)
         traffic = _traffic(spec)
@@ -156,19 +182,55 @@ def reconcile_object(
                 )
         except Exception:
             opmetrics.analysis_error(namespace, name)
-            memory.due = 0.0
+            deps.set_due(uid, memory, deps.monotonic() + RETRY_SECONDS)
             raise
         changes = status_patch(stored, result.status)
         for key, value in changes.items():
             patch.status[key] = value
         memory.status = dict(result.status)
-        memory.due = deps.monotonic() + result.requeue_after
+        memory.written = dict(result.status)  # the caller writes ``changes`` next
+        deps.set_due(uid, memory, deps.monotonic() + result.requeue_after)
         _announce(current, result, emit)
         _measure(namespace, name, current, result)
         log.debug("%s/%s reconciled (%s): %d status fields", namespace, name, reason, len(changes))
         return result.requeue_after
     finally:
         memory.lock.release()
+
+
+class StatusPatch:
+    """``patch.status`` outside kopf: what a due reconcile must write itself."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+
+
+WriteStatus = Callable[[str, str, dict[str, Any]], None]
+
+
+def reconcile_due(deps: Deps, uid: str, emit: Emit, write_status: WriteStatus) -> bool:
+    """The reconcile of an object that fell due (the pacer calls this from a thread).
+
+    Uses the body the last change handler saw and the status decided since; writes the
+    status change itself (``write_status(namespace, name, merge patch)``). False when
+    there was nothing to run (deleted, not due after all, or busy).
+    """
+    memory = deps.known(uid)
+    body = None if memory is None else memory.body
+    if memory is None or body is None:
+        return False
+    patch = StatusPatch()
+    if reconcile_object(deps, body=body, patch=patch, emit=emit, reason="due", force=False) is None:
+        return False
+    if patch.status:
+        meta = body["metadata"]
+        try:
+            write_status(meta["namespace"], meta["name"], patch.status)
+        except Exception:
+            memory.written = None  # unknown now: diff against the body next time
+            deps.set_due(uid, memory, deps.monotonic() + RETRY_SECONDS)
+            raise
+    return True
 
 
 def _name_problem(name: str) -> str | None:
@@ -192,6 +254,7 @@ def _invalid(
         events=decision.events,
         requeue_after=decision.requeue_after,
         decision=decision,
+        state=decision.status,
     )
 
 
@@ -228,23 +291,23 @@ def _announce(old: Mapping[str, Any], result: ReconcileResult, emit: Emit) -> No
 
 
 def _measure(namespace: str, name: str, old: Mapping[str, Any], result: ReconcileResult) -> None:
-    weights = result.status.get("weights") or {}
-    phase = str(result.status.get("phase", ""))
-    opmetrics.observe(namespace, name, phase, int(weights.get("canary", 0)))
+    state = result.state
+    opmetrics.observe(namespace, name, str(state.phase), state.weights.canary)
     for counter in getattr(result.decision, "counters", ()):
         opmetrics.count(namespace, name, counter.name, counter.labels, counter.value)
-    seen = {_entry_key(e) for e in old.get("history") or []}
-    new = [e for e in result.status.get("history") or [] if _entry_key(e) not in seen]
+    # Only history entries this reconcile added count (the history is a bounded window).
+    seen = {_entry_key(e) for e in load_status(old).history} if old.get("history") else set()
+    new = [e for e in state.history if _entry_key(e) not in seen]
     opmetrics.outcomes(
         namespace,
         name,
-        promoted=sum(e.get("outcome") == "promoted" for e in new),
-        rolled_back=sum(e.get("outcome") == "rolledBack" for e in new),
+        promoted=sum(e.outcome == "promoted" for e in new),
+        rolled_back=sum(e.outcome == "rolledBack" for e in new),
     )
 
 
-def _entry_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(entry.get("revision")), str(entry.get("outcome")), str(entry.get("at")))
+def _entry_key(entry: HistoryEntry) -> tuple[str, str, datetime]:
+    return (entry.revision, entry.outcome, entry.at)
 
 
 def forget_object(deps: Deps, *, body: Mapping[str, Any]) -> None:

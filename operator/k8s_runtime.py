@@ -11,21 +11,36 @@
 Both routers also point ``{md}-stable`` / ``{md}-canary`` at the revisions in the table.
 Each object is written only when it differs from what the server holds (one list per kind
 per call), so a steady deployment costs reads, not writes.
+
+Independent requests of one reconcile (the lists, the children of a new deployment, the
+track Services and the table) go out together on a small shared thread pool: a new
+ModelDeployment's ten children cost about one round trip, not ten. Only single-level
+batches are submitted (a pooled task never waits on the pool), so it cannot deadlock.
+The routing table is written guarded by the version read (``RoutesChanged`` on a race).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from mlrollout.operator import builders as b
-from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, RevisionState
-from mlrollout.operator.kube import Kube, KubeError, is_subset
-from mlrollout.operator.model import Gateway, ModelRef, Serving, Traffic
+from mlrollout.operator.interfaces import (
+    DeploymentKey,
+    Event,
+    RevisionSpec,
+    RevisionState,
+    RoutesChanged,
+)
+from mlrollout.operator.kube import Conflict, Kube, KubeError
+from mlrollout.operator.model import GROUP, VERSION, Gateway, ModelRef, Serving, Traffic
+from mlrollout.services.router.table import TRACKS, RoutingTable, TableError, Track, parse_table
 
 log = logging.getLogger(__name__)
 TABLE_ANNOTATION = "mlrollout.io/routing-table"
@@ -34,6 +49,23 @@ TABLE_ANNOTATION = "mlrollout.io/routing-table"
 SHARED_RECHECK_SECONDS = 60.0
 SharedSeen = dict[str, tuple[str, float]]  # owner uid -> (hash of objects, monotonic time)
 REVISION_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
+# Requests in flight at once, over every reconcile of the process (kopf runs several).
+WRITE_CONCURRENCY = 16
+_POOL = ThreadPoolExecutor(max_workers=WRITE_CONCURRENCY, thread_name_prefix="kube")
+T = TypeVar("T")
+
+
+def together(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run independent API calls at once; results in order. The first error is raised
+    after every call has finished (none is left running behind the caller's back)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    futures = [_POOL.submit(call) for call in calls]
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
 
 
 def to_serving(serving: Serving, router_image: str | None = None) -> b.Serving:
@@ -87,15 +119,28 @@ class KubeRuntime:
         self.emit = emit
         self.router_image = router_image
         self.shared_seen = {} if shared_seen is None else shared_seen
+        self._shared_done: tuple[str, float] | None = None
 
     def ensure_revisions(
         self, deployment: DeploymentKey, wanted: Mapping[str, RevisionSpec]
     ) -> dict[str, RevisionState]:
-        existing = {kind: self._owned(kind) for kind in REVISION_KINDS}
+        lists = together([functools.partial(self._owned, kind) for kind in REVISION_KINDS])
+        existing = dict(zip(REVISION_KINDS, lists, strict=True))
+        calls: list[Callable[[], Any]] = []
         if wanted:
-            self._ensure_shared(next(iter(wanted.values())).serving)
-        states = {rev: self._ensure_revision(rev, spec, existing) for rev, spec in wanted.items()}
+            calls += self._shared_writes(next(iter(wanted.values())).serving)
+        applied: dict[str, int] = {}
+        for rev, spec in wanted.items():
+            applied[rev] = len(calls)
+            calls += self._revision_writes(rev, spec, existing)
+        done = together(calls)
+        if self._shared_done is not None:
+            self.shared_seen[self.owner.uid] = self._shared_done
         self._prune(existing, wanted)
+        states = {}
+        for rev, spec in wanted.items():
+            ready, message = deployment_ready(done[applied[rev]], spec.serving.effective_replicas)
+            states[rev] = RevisionState(rev, ready, b.revision_url(self.owner, rev), message)
         return states
 
     def _owned(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -109,9 +154,10 @@ class KubeRuntime:
             if b.LABEL_REVISION in (o["metadata"].get("labels") or {})
         }
 
-    def _ensure_revision(
+    def _revision_writes(
         self, rev: str, spec: RevisionSpec, existing: Mapping[str, Mapping[str, Any]]
-    ) -> RevisionState:
+    ) -> list[Callable[[], Any]]:
+        """The revision's writes; the first one's result is its Deployment as stored."""
         name = b.revision_name(self.owner.name, rev)
         current = existing["Deployment"].get(name)
         # The track label is fixed at creation: changing it would restart the pods.
@@ -119,26 +165,33 @@ class KubeRuntime:
         serving = to_serving(spec.serving, self.router_image)
         model = to_model(rev, spec.model)
         dep = b.revision_deployment(self.owner, model, serving, track or spec.track)
-        applied = self.kube.apply(dep, current)
-        self.kube.apply(b.revision_service(self.owner, rev), existing["Service"].get(name))
+        svc = b.revision_service(self.owner, rev)
+        calls: list[Callable[[], Any]] = [
+            lambda: self.kube.apply(dep, current),
+            lambda: self.kube.apply(svc, existing["Service"].get(name)),
+        ]
         hpa = existing["HorizontalPodAutoscaler"].get(name)
         if serving.autoscaling is not None:
-            self.kube.apply(b.revision_hpa(self.owner, model, serving.autoscaling), hpa)
+            hpa_obj = b.revision_hpa(self.owner, model, serving.autoscaling)
+            calls.append(lambda: self.kube.apply(hpa_obj, hpa))
         elif hpa is not None:  # autoscaling switched off: stop the HPA fighting `replicas`
-            self.kube.delete("HorizontalPodAutoscaler", self.owner.namespace, name)
-        ready, message = deployment_ready(applied, spec.serving.effective_replicas)
-        return RevisionState(rev, ready, b.revision_url(self.owner, rev), message)
+            ns = self.owner.namespace
+            calls.append(lambda: self.kube.delete("HorizontalPodAutoscaler", ns, name))
+        return calls
 
     def _prune(
         self, existing: Mapping[str, Mapping[str, Any]], wanted: Mapping[str, RevisionSpec]
     ) -> None:
         keep = {b.revision_name(self.owner.name, rev) for rev in wanted}
+        ns, calls = self.owner.namespace, []
         for kind, objs in existing.items():
             for name in objs.keys() - keep:
-                log.info("deleting %s %s/%s: revision not wanted", kind, self.owner.namespace, name)
-                self.kube.delete(kind, self.owner.namespace, name)
+                log.info("deleting %s %s/%s: revision not wanted", kind, ns, name)
+                calls.append(functools.partial(self.kube.delete, kind, ns, name))
+        together(calls)
 
-    def _ensure_shared(self, serving_spec: Serving) -> None:
+    def _shared_writes(self, serving_spec: Serving) -> list[Callable[[], Any]]:
+        """Writes keeping the deployment-wide objects as built (none when recently seen)."""
         serving = to_serving(serving_spec, self.router_image)
         objs: list[dict[str, Any]] = [b.pod_disruption_budget(self.owner)]
         if self.traffic.router == "builtin":
@@ -147,12 +200,14 @@ class KubeRuntime:
         seen = self.shared_seen.get(self.owner.uid)
         now = time.monotonic()
         if seen is not None and seen[0] == digest and now - seen[1] < SHARED_RECHECK_SECONDS:
-            return
-        for obj in objs:
-            self.kube.apply(obj)
+            return []
+        calls: list[Callable[[], Any]] = [functools.partial(self.kube.apply, o) for o in objs]
         if seen is None or seen[0] != digest:  # start-up or a spec change: maybe a new path
-            self._remove_other_path()
-        self.shared_seen[self.owner.uid] = (digest, now)
+            calls.append(self._remove_other_path)
+        # Remembered by ensure_revisions once the whole batch succeeded; if any write
+        # failed, the next reconcile writes them all again.
+        self._shared_done = (digest, now)
+        return calls
 
     def _remove_other_path(self) -> None:
         """Delete what the other ``traffic.router`` made, so traffic has one way in.
@@ -199,22 +254,53 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(r.get("uid") == uid for r in refs)
 
 
-def sync_track_services(kube: Kube, owner: b.Owner, table: Mapping[str, Any]) -> dict[str, str]:
+def sync_track_services(
+    kube: Kube, owner: b.Owner, table: RoutingTable, also: Sequence[Callable[[], Any]] = ()
+) -> dict[Track, str]:
     """Point ``{md}-{track}`` at the revision the table routes that track to.
 
     Returns ``{track: revision Service name}``; a track with no backend loses its Service.
+    ``also``: further writes sent in the same batch (the table itself).
     """
-    out: dict[str, str] = {}
-    for track in ("stable", "canary"):
-        backend = (table.get("backends") or {}).get(track)
-        revision = b.revision_of_url(owner.name, backend["url"]) if backend else None
+    out: dict[Track, str] = {}
+    calls: list[Callable[[], Any]] = list(also)
+    for track in TRACKS:
+        backend = table.backends.get(track)
+        revision = b.revision_of_url(owner.name, backend.url) if backend else None
         if revision is None:
             if track == "canary":
-                kube.delete("Service", owner.namespace, f"{owner.name}-canary")
+                calls.append(
+                    lambda: kube.delete("Service", owner.namespace, f"{owner.name}-canary")
+                )
             continue
-        kube.apply(b.track_service(owner, track, revision))
+        svc = b.track_service(owner, track, revision)
+        calls.append(functools.partial(kube.apply, svc))
         out[track] = b.revision_name(owner.name, revision)
+    together(calls)
     return out
+
+
+class _Guarded:
+    """The object a router last read, so its write can be refused if it changed since."""
+
+    def __init__(self) -> None:
+        self.read = False
+        self.current: dict[str, Any] | None = None
+
+    def saw(self, obj: dict[str, Any] | None) -> dict[str, Any] | None:
+        self.read, self.current = True, obj
+        return obj
+
+    def write(self, kube: Kube, obj: Mapping[str, Any]) -> Any:
+        try:
+            if not self.read:  # never read: nothing was decided from it
+                return kube.apply(obj)
+            out = kube.apply(obj, self.current, guard=True)
+        except Conflict as exc:
+            self.read = False
+            raise RoutesChanged(f"{obj['kind']} {obj['metadata']['name']}: {exc}") from exc
+        self.current = out
+        return out
 
 
 class ConfigMapRouter:
@@ -223,16 +309,40 @@ class ConfigMapRouter:
     def __init__(self, kube: Kube, owner: b.Owner) -> None:
         self.kube = kube
         self.owner = owner
+        self._table = _Guarded()
 
-    def set_routes(self, table: dict[str, Any]) -> None:
-        sync_track_services(self.kube, self.owner, table)
-        self.kube.apply(b.routes_configmap(self.owner, table))
-
-    def get_routes(self) -> dict[str, Any] | None:
-        cm = self.kube.get(
-            "ConfigMap", self.owner.namespace, b.routes_configmap_name(self.owner.name)
+    def set_routes(self, table: RoutingTable) -> None:
+        # The table goes out with the track Services; a router pod ignores a table whose
+        # Service is not there yet only for the moment they differ (both are retried).
+        cm = b.routes_configmap(self.owner, table.to_doc())
+        sync_track_services(
+            self.kube, self.owner, table, [lambda: self._table.write(self.kube, cm)]
         )
-        return _parse_table((cm or {}).get("data", {}).get(b.TABLE_KEY))
+        data = self._data()
+        if stale_guard(_parse_json(data.get(b.GUARD_KEY)), table):
+            # A trip of a canary this table no longer routes to (the rollback it caused is
+            # recorded): drop it, so a retry of the same revision starts unjudged.
+            name = b.routes_configmap_name(self.owner.name)
+            patch = {"data": {b.GUARD_KEY: None}}
+            self._table.saw(self.kube.merge_patch("ConfigMap", self.owner.namespace, name, patch))
+
+    def get_routes(self) -> RoutingTable | None:
+        cm = self._table.saw(
+            self.kube.get(
+                "ConfigMap", self.owner.namespace, b.routes_configmap_name(self.owner.name)
+            )
+        )
+        return _table_in_force((cm or {}).get("data", {}).get(b.TABLE_KEY))
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What the router wrote under ``guard.json`` when its guard tripped."""
+        return _parse_json(self._data().get(b.GUARD_KEY))
+
+    def _data(self) -> dict[str, Any]:
+        name = b.routes_configmap_name(self.owner.name)
+        cm = self.kube.get("ConfigMap", self.owner.namespace, name)
+        data = (cm or {}).get("data")
+        return data if isinstance(data, dict) else {}
 
 
 class HTTPRouteRouter:
@@ -242,28 +352,41 @@ class HTTPRouteRouter:
         self.kube = kube
         self.owner = owner
         self.gateway = gateway
+        self._route = _Guarded()
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         services = sync_track_services(self.kube, self.owner, table)
-        weights = table.get("weights") or {}
-        backends = {t: (svc, int(weights.get(t, 0))) for t, svc in services.items()}
+        backends: dict[str, tuple[str, int]] = {
+            t: (svc, table.weights.get(t, 0)) for t, svc in services.items()
+        }
         parents = [
             {"name": p.name, "namespace": p.namespace, "sectionName": p.section_name}
             for p in self.gateway.parent_refs
         ]
-        annotation = {TABLE_ANNOTATION: json.dumps(table, sort_keys=True, separators=(",", ":"))}
+        doc = table.to_doc()
+        annotation = {TABLE_ANNOTATION: json.dumps(doc, sort_keys=True, separators=(",", ":"))}
         route = b.http_route(self.owner, backends, parents, self.gateway.hostnames, annotation)
-        current = self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name)
-        if current is not None and not is_subset(route, current):
-            # backendRefs is a list: merge-patch replaces it whole, which is what we want.
-            self.kube.merge_patch("HTTPRoute", self.owner.namespace, self.owner.name, route)
-        elif current is None:
-            self.kube.create(route)
+        # backendRefs is a list: merge-patch replaces it whole, which is what we want.
+        self._route.write(self.kube, route)
 
-    def get_routes(self) -> dict[str, Any] | None:
-        route = self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name)
+    def guard_report(self) -> dict[str, Any] | None:
+        return None  # no router guard behind a Gateway API route
+
+    def get_routes(self) -> RoutingTable | None:
+        route = self._route.saw(self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name))
         annotations = (route or {}).get("metadata", {}).get("annotations") or {}
-        return _parse_table(annotations.get(TABLE_ANNOTATION))
+        return _table_in_force(annotations.get(TABLE_ANNOTATION))
+
+
+def stale_guard(report: Mapping[str, Any] | None, table: RoutingTable) -> bool:
+    """Whether a guard report names a canary other than the one ``table`` routes to."""
+    trip = (report or {}).get("trip")
+    canary = table.backends.get("canary")
+    if not isinstance(trip, Mapping):
+        return report is not None and canary is None
+    return (trip.get("canaryVersion"), trip.get("canaryUrl")) != (
+        (canary.version, canary.url) if canary else (None, None)
+    )
 
 
 def make_router(kube: Kube, owner: b.Owner, traffic: Traffic) -> ConfigMapRouter | HTTPRouteRouter:
@@ -272,12 +395,62 @@ def make_router(kube: Kube, owner: b.Owner, traffic: Traffic) -> ConfigMapRouter
     return ConfigMapRouter(kube, owner)
 
 
-def _parse_table(text: str | None) -> dict[str, Any] | None:
+def _parse_json(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        table = json.loads(text)
+        doc = json.loads(text)
     except ValueError:
-        log.warning("routing table in force is not JSON; it will be rewritten")
+        log.warning("a document in force is not JSON; it will be rewritten")
         return None
-    return table if isinstance(table, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def _table_in_force(text: str | None) -> RoutingTable | None:
+    """The table in force, or None when there is none or the router could not use it
+    either (it is then rewritten from the decision, like a missing one)."""
+    if not text:
+        return None
+    try:
+        return parse_table(text)
+    except TableError as exc:
+        log.warning("routing table in force is unusable; it will be rewritten: %s", exc)
+        return None
+
+
+def event_object(
+    owner: b.Owner, event: Event, now: str, component: str = "mlrollout-operator"
+) -> dict[str, Any]:
+    """A core/v1 Event about the ModelDeployment ``owner`` (what ``kubectl describe`` shows)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelDeployment",
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "uid": owner.uid,
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+def post_event(kube: Kube, owner: b.Owner, event: Event) -> None:
+    """Post an Event; a failure is logged, never fails the reconcile it explains."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        kube.create(event_object(owner, event, now))
+    except KubeError as exc:
+        log.warning(
+            "event %s for %s/%s not posted: %s", event.reason, owner.namespace, owner.name, exc
+        )

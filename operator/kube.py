@@ -3,7 +3,13 @@ threads).
 
 Only create, JSON merge-patch, JSON-patch, get, list and delete are used: no server-side
 apply, no strategic merge, no PUT. That keeps the semantics identical on every API server
-and on the test emulator (docs/kmock.md). Requests go through the ``kubernetes`` package's
+and on the test emulator (docs/kmock.md).
+
+Every write names the operator as its field manager (``fieldManager=mlrollout-operator``,
+and the same name leads the User-Agent), so ``managedFields`` and audit logs say who
+wrote what. Writes are last-writer-wins merge patches except where a value is computed
+from what was read (the routing table's generation): :meth:`Kube.update` sends the
+``resourceVersion`` it read and, on 409, reads again and recomputes. Requests go through the ``kubernetes`` package's
 configuration (kubeconfig or in-cluster, TLS, token refresh) but bodies are handled as
 plain JSON, so resources without generated models (ModelDeployment, HTTPRoute) need no
 special casing and a create answered with any 2xx still returns the object.
@@ -12,9 +18,10 @@ special casing and a create answered with any 2xx still returns the object.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,6 +32,18 @@ import urllib3
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 APPLIED_HASH = "mlrollout.io/applied-hash"
+FIELD_MANAGER = "mlrollout-operator"
+WRITE_ATTEMPTS = 5  # bounded retries of a write that raced another writer (409)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mlrollout")
+    except importlib.metadata.PackageNotFoundError:  # a source tree without metadata
+        return "dev"
+
+
+USER_AGENT = f"{FIELD_MANAGER}/{_version()}"
 
 
 class KubeError(Exception):
@@ -112,6 +131,8 @@ class Kube:
     """A thin JSON client. Every method raises :class:`KubeError` (or a subclass)."""
 
     def __init__(self, configuration: kubernetes.client.Configuration, timeout: float = 10.0):
+        # Children are written concurrently (k8s_runtime); keep those connections pooled.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
         self._config = configuration
         self._api = kubernetes.client.ApiClient(configuration)
         self._pool = self._api.rest_client.pool_manager
@@ -127,6 +148,40 @@ class Kube:
             kubernetes.config.load_kube_config(client_configuration=configuration)
         return cls(configuration, timeout)
 
+    @classmethod
+    def from_kubeconfig(
+        cls, path: str | None = None, context: str | None = None, timeout: float = 10.0
+    ) -> tuple[Kube, str]:
+        """A client for a kubeconfig context (as kubectl picks it) and that context's namespace.
+
+        Without ``path`` and ``context``, in-cluster credentials are used when present.
+        """
+        configuration = kubernetes.client.Configuration()
+        if path is None and context is None:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+                ns_file = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+                try:
+                    with open(ns_file) as fh:
+                        return cls(configuration, timeout), fh.read().strip() or "default"
+                except OSError:
+                    return cls(configuration, timeout), "default"
+            except kubernetes.config.ConfigException:
+                pass
+        kubernetes.config.load_kube_config(
+            config_file=path, context=context, client_configuration=configuration
+        )
+        namespace = "default"
+        try:
+            contexts, active = kubernetes.config.list_kube_config_contexts(config_file=path)
+            chosen = (
+                next((c for c in contexts if c["name"] == context), active) if context else active
+            )
+            namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+        except (kubernetes.config.ConfigException, KeyError, TypeError):
+            pass
+        return cls(configuration, timeout), namespace
+
     # --- raw ----------------------------------------------------------------------------
 
     def request(
@@ -139,9 +194,15 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         url = self._config.host.rstrip("/") + path
+        if method in ("POST", "PATCH", "PUT"):
+            query = {**(query or {}), "fieldManager": FIELD_MANAGER}
         if query:
             url += "?" + urlencode(query)
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": content_type,
+            "User-Agent": USER_AGENT,
+        }
         token = self._config.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
@@ -189,8 +250,19 @@ class Kube:
         return dict(out) if isinstance(out, Mapping) else dict(obj)
 
     def merge_patch(
-        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        sub: str | None = None,
+        resource_version: str | None = None,
     ) -> Obj:
+        """Merge-patch; with ``resource_version`` the server refuses (409 ``Conflict``) if
+        the object changed since that version was read."""
+        if resource_version is not None:
+            meta = {**(patch.get("metadata") or {}), "resourceVersion": resource_version}
+            patch = {**patch, "metadata": meta}
         path = resource_of(kind).path(namespace, name, sub)
         return dict(
             self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
@@ -215,24 +287,81 @@ class Kube:
             return False
         return True
 
-    def apply(self, obj: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> Obj:
+    def apply(
+        self,
+        obj: Mapping[str, Any],
+        current: Mapping[str, Any] | None = None,
+        *,
+        guard: bool = False,
+    ) -> Obj:
         """Make ``obj`` exist as given: create it, or merge-patch what differs.
 
         ``current`` (from an earlier list) saves a GET; an object already matching is not
         written at all. A create racing another writer (409) falls back to a patch.
+
+        ``guard=True``: ``current`` is what the caller read and decided from (None:
+        absent). The write then fails with :class:`Conflict` instead of overwriting if
+        the object changed since: created by someone else, or patched past that version.
         """
         desired = _stamped(obj)
         kind, meta = desired["kind"], desired["metadata"]
+        if guard:
+            if current is None:
+                return self.create(desired)
+            if is_subset(desired, current):
+                return dict(current)
+            rv = (current.get("metadata") or {}).get("resourceVersion")
+            return self.merge_patch(
+                kind, meta["namespace"], meta["name"], desired, resource_version=rv
+            )
         if current is None:
             current = self.get(kind, meta["namespace"], meta["name"])
-        if current is None:
+        for _ in range(WRITE_ATTEMPTS):
+            if current is not None:
+                break
             try:
                 return self.create(desired)
-            except Conflict:
-                current = self.get(kind, meta["namespace"], meta["name"]) or {}
+            except Conflict:  # created by another writer since we looked: patch theirs
+                current = self.get(kind, meta["namespace"], meta["name"])
+        if current is None:
+            raise Conflict(409, "Conflict", f"{kind} {meta['name']}: created and deleted under us")
         if is_subset(desired, current):
             return dict(current)
         return self.merge_patch(kind, meta["namespace"], meta["name"], desired)
+
+    def update(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        change: Callable[[Obj | None], Mapping[str, Any] | None],
+        attempts: int = WRITE_ATTEMPTS,
+    ) -> Obj | None:
+        """Read-modify-write that never loses another writer's change.
+
+        ``change(current)`` returns a merge patch for the object read (or, when it is
+        absent, the whole object to create), or None to write nothing. The patch carries
+        the ``resourceVersion`` read, so a concurrent write makes the server answer 409;
+        then the object is read again and ``change`` recomputed, ``attempts`` times at most.
+        """
+        last: Conflict | None = None
+        for _ in range(max(1, attempts)):
+            current = self.get(kind, namespace, name)
+            wanted = change(current)
+            if wanted is None:
+                return current
+            try:
+                if current is None:
+                    return self.create(wanted)
+                rv = current.get("metadata", {}).get("resourceVersion")
+                return self.merge_patch(kind, namespace, name, wanted, resource_version=rv)
+            except Conflict as exc:
+                log.info(
+                    "%s %s/%s changed while we wrote it; reading it again", kind, namespace, name
+                )
+                last = exc
+        assert last is not None
+        raise last
 
 
 def _stamped(obj: Mapping[str, Any]) -> Obj:

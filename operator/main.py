@@ -1,24 +1,37 @@
 """kopf handler registration only: ``kopf run -m mlrollout.operator.main [--all-namespaces]``.
 
 Bodies live in ``handlers.py``; Kubernetes plug-ins in ``k8s_runtime.py``.
-Settings come from ``MLROLLOUT_*`` variables (``settings.py``), read once at import because
-the timer interval is a decorator argument.
+Settings come from ``MLROLLOUT_*`` variables (``settings.py``), read once at import.
+
+No kopf timer: change handlers (create, spec update, resume) reconcile at once, and the
+engine's ``requeue_after`` schedules the next reconcile of that object on the pacer
+(``pacer.py``, one task for all objects), which writes the status it decides itself.
+So an object costs nothing between its due times, and there is no kopf finalizer:
+deleting a ModelDeployment never waits for the operator (children go by owner references).
+
+Every write is the operator's: kube.py sends ``fieldManager=mlrollout-operator``, and
+kopf's own session (status patches of change handlers, its annotations) gets the same
+name as User-Agent, from which the API server names the field manager.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 from mlrollout.operator import handlers, opmetrics
 from mlrollout.operator import k8s_runtime as kr
 from mlrollout.operator.builders import Owner
 from mlrollout.operator.handlers import Deps, Emit
 from mlrollout.operator.interfaces import Event, Runtime, TrafficRouter
-from mlrollout.operator.kube import Kube
+from mlrollout.operator.kube import USER_AGENT, Kube, NotFound
 from mlrollout.operator.model import GROUP, PLURAL, VERSION, Traffic
+from mlrollout.operator.pacer import Pacer
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.settings import OperatorSettings, SettingsError
 
@@ -29,7 +42,13 @@ except SettingsError as exc:
     raise SystemExit(2) from None
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+# kopf's threads for sync change handlers: a burst of new objects is worked on this many
+# at a time (each also sends its own writes concurrently, k8s_runtime.together).
+HANDLER_THREADS = 16
+DUE_THREADS = 4
 _deps: Deps | None = None
+_pacer: Pacer | None = None
+_pacer_task: asyncio.Task[None] | None = None
 
 
 class KubePlugins:
@@ -45,9 +64,19 @@ class KubePlugins:
         return kr.make_router(self.kube, owner, traffic)
 
 
-def _emitter(body: kopf.Body) -> Emit:
+def _owner(body: Mapping[str, Any]) -> Owner:
+    meta = body.get("metadata", {})
+    return Owner(name=meta.get("name", ""), namespace=meta.get("namespace", ""), uid=meta["uid"])
+
+
+def _emitter(body: Mapping[str, Any]) -> Emit:
+    """Events go through kube.py (our field manager), from any thread."""
+    owner = _owner(body)
+
     def emit(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        current = deps().plugins
+        if isinstance(current, KubePlugins):
+            kr.post_event(current.kube, owner, event)
 
     return emit
 
@@ -72,25 +101,71 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.api_timeout
     settings.networking.request_timeout = ours.api_timeout * 3
+    settings.execution.max_workers = HANDLER_THREADS
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's usual kubeconfig / in-cluster login, with our name as User-Agent (so the
+    API server records kopf's writes under the ``mlrollout-operator`` field manager)."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": USER_AGENT},
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+    )
+
+
+def _write_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    current = deps().plugins
+    assert isinstance(current, KubePlugins)
+    current.kube.merge_patch("ModelDeployment", namespace, name, {"status": status}, sub="status")
+
+
+def _run_due(uid: str) -> None:
+    current = deps()
+    memory = current.known(uid)
+    if memory is None or memory.body is None:
+        return
+    try:
+        handlers.reconcile_due(current, uid, _emitter(memory.body), _write_status)
+    except NotFound:  # deleted while we decided
+        _forget(uid)
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    global _deps
+async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    global _deps, _pacer, _pacer_task
     configure_kopf(settings, SETTINGS)
     kube = Kube.from_environment(timeout=SETTINGS.api_timeout)
+    _pacer = Pacer(_run_due, workers=DUE_THREADS)
     _deps = Deps(
         settings=SETTINGS,
         plugins=KubePlugins(kube, SETTINGS.router_image),
         metrics=PrometheusProvider(SETTINGS.prometheus_url, timeout=SETTINGS.prometheus_timeout),
+        on_due=_pacer.schedule,
     )
+    _pacer_task = asyncio.get_running_loop().create_task(_pacer.run(), name="mlrollout-pacer")
     opmetrics.serve(SETTINGS.metrics_port)
     logger.info(
-        "mlrollout operator: prometheus=%s tick=%.1fs metrics port=%s",
+        "mlrollout operator: prometheus=%s metrics port=%s",
         SETTINGS.prometheus_url,
-        SETTINGS.tick_seconds,
         SETTINGS.metrics_port or "off",
     )
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _pacer_task is not None:
+        _pacer_task.cancel()
 
 
 def _run(reason: str, body: kopf.Body, patch: kopf.Patch, force: bool = True) -> None:
@@ -106,7 +181,7 @@ def on_create(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     _run("create", body, patch)
 
 
-# field="spec": status writes (ours, every tick) must never look like a new rollout.
+# field="spec": status writes (ours, on every due reconcile) must never look like a new rollout.
 @kopf.on.update(*RESOURCE, field="spec", backoff=5)
 def on_update(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     _run("update", body, patch)
@@ -117,16 +192,26 @@ def on_resume(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     _run("resume", body, patch)
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.tick_seconds, initial_delay=SETTINGS.tick_seconds)
-def on_tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _run("timer", body, patch, force=False)
-
-
-# optional=True: no finalizer. Children are garbage-collected through owner references,
-# so deletion must not wait for the operator to be up.
-@kopf.on.delete(*RESOURCE, optional=True)
-def on_delete(body: kopf.Body, **_: Any) -> None:
-    current = deps()
-    handlers.forget_object(current, body=body)
+def _forget(uid: str) -> None:
+    if _pacer is not None:
+        _pacer.drop(uid)
+    current = _deps
+    if current is None:
+        return
+    memory = current.known(uid)
+    body = None if memory is None else memory.body
+    if body is not None:
+        handlers.forget_object(current, body=body)
+    current.forget(uid)
     if isinstance(current.plugins, KubePlugins):
-        current.plugins.shared_seen.pop(body.get("metadata", {}).get("uid", ""), None)
+        current.plugins.shared_seen.pop(uid, None)
+
+
+# No finalizer: children are garbage-collected through owner references, so deletion must
+# not wait for the operator to be up. The watch's DELETED event drops our memory of it.
+@kopf.on.event(*RESOURCE)
+async def on_event(event: kopf.RawEvent, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        uid = (event.get("object") or {}).get("metadata", {}).get("uid")
+        if uid:
+            _forget(uid)

@@ -23,9 +23,6 @@ class SettingsError(ValueError):
 class OperatorSettings:
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_timeout: float = 5.0
-    # kopf timers fire at a fixed interval; the engine decides whether analysis is due
-    # (spec.rollout.analysis.interval), so this is only the resolution of that check.
-    tick_seconds: float = 5.0
     metrics_port: int = 8000  # operator's own /metrics; 0 turns it off
     api_timeout: float = 10.0
     watch_server_timeout: int = 300  # API server ends each watch after this; kopf re-opens it
@@ -45,7 +42,6 @@ class OperatorSettings:
         return cls(
             prometheus_url=_url(env, "PROMETHEUS_URL", d.prometheus_url),
             prometheus_timeout=_number(env, "PROMETHEUS_TIMEOUT", d.prometheus_timeout, 0.1, 120),
-            tick_seconds=_number(env, "TICK_SECONDS", d.tick_seconds, 0.2, 3600),
             metrics_port=int(_number(env, "METRICS_PORT", d.metrics_port, 0, 65535)),
             api_timeout=_number(env, "API_TIMEOUT", d.api_timeout, 0.5, 300),
             watch_server_timeout=int(

@@ -8,9 +8,12 @@ imported lazily so that ``mlrollout router`` does not pay for onnxruntime, and
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -40,39 +43,118 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "mlrollout.operator.local.loadgen",
         "send steady prediction traffic to an endpoint",
     ),
+    "completion": (
+        "mlrollout.services.completion",
+        "print a shell completion script (bash or zsh)",
+    ),
+}
+
+# Commands that see and steer rollouts; one module serves them all (``configure(parser,
+# command)``), and they are what ``kubectl mlrollout`` is for.
+ROLLOUT_MODULE = "mlrollout.operator.ctl.cli"
+ROLLOUT_COMMANDS: dict[str, str] = {
+    "get": "show a rollout: phase, step, weights, versions, checks, events (-w: watch)",
+    "list": "list ModelDeployments (cluster namespace or local runs)",
+    "status": "wait for a rollout's outcome; exit 0 healthy, non-zero rolled back/degraded",
+    "promote": "end the canary's current pause (--full: promote now)",
+    "abort": "roll the canary back now",
+    "retry": "try a rolled-back model again",
+    "pause": "hold the canary at its step",
+    "resume": "continue a paused canary",
+    "history": "revisions with version, URI, outcome, reason, time",
+    "undo": "roll out an earlier revision again",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "default" not in text.lower()
+            and action.default not in (None, argparse.SUPPRESS, False)
+            and not isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("mlrollout")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def all_commands() -> dict[str, str]:
+    """Every command and its one-line help, in the order ``--help`` lists them."""
+    return {
+        **{name: help_text for name, (_m, help_text) in SUBCOMMANDS.items()},
+        **ROLLOUT_COMMANDS,
+    }
+
+
+def build_parser(prog: str = "mlrollout") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlrollout",
+        prog=prog,
         description="Progressive (canary) delivery of ML models: export, serve, route, roll out.",
     )
+    parser.add_argument("--version", action="version", version=f"mlrollout {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_module, help_text) in SUBCOMMANDS.items():
+    for name, help_text in all_commands().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_parser(name: str, prog: str = "mlrollout") -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of one command and the module that runs it."""
+    if name in ROLLOUT_COMMANDS:
+        module = importlib.import_module(ROLLOUT_MODULE)
+        sub = argparse.ArgumentParser(
+            prog=f"{prog} {name}", description=ROLLOUT_COMMANDS[name], formatter_class=HelpFormatter
+        )
+        module.configure(sub, name)
+        return sub, module
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(
+        prog=f"{prog} {name}",
+        description=SUBCOMMANDS[name][1],
+        formatter_class=HelpFormatter,
+    )
+    module.configure(sub)
+    return sub, module
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "mlrollout") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in SUBCOMMANDS:
-        parser = build_parser()
+    commands = all_commands()
+    if argv and argv[0] in {"--version", "version"}:
+        print(f"mlrollout {version()}")
+        return 0
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in commands:
+        parser = build_parser(prog)
         if argv and argv[0] not in {"-h", "--help"}:
             parser.print_usage(sys.stderr)
+            close = difflib.get_close_matches(argv[0], list(commands), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             print(
-                f"mlrollout: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}",
+                f"{prog}: unknown command {argv[0]!r}{hint}; choose from {', '.join(commands)}",
                 file=sys.stderr,
             )
             return 2
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"mlrollout {name}", description=SUBCOMMANDS[name][1])
-    module.configure(sub)
+    sub, module = command_parser(name, prog)
     args = sub.parse_args(rest)
     return int(module.run(args) or 0)
+
+
+def kubectl_plugin() -> int:
+    """``kubectl mlrollout ...``: the rollout commands under kubectl's name."""
+    return main(prog="kubectl mlrollout")
 
 
 if __name__ == "__main__":

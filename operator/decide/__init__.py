@@ -1,7 +1,6 @@
 """The pure rollout engine: decide what should be; ``reconcile`` applies it."""
 
 from mlrollout.operator.decide.engine import (
-    Counter,
     Decision,
     Observations,
     decide,
@@ -9,6 +8,7 @@ from mlrollout.operator.decide.engine import (
     plan_queries,
     wanted_revisions,
 )
+from mlrollout.operator.decide.lifecycle import Counter
 
 __all__ = [
     "Counter",

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from mlrollout.operator import queries
 from mlrollout.operator.decide import analysis as verdicts
+from mlrollout.operator.decide import guard
 from mlrollout.operator.decide.conditions import set_condition
 from mlrollout.operator.decide.lifecycle import (
     Counter,
@@ -59,6 +61,8 @@ class Observations:
 
     revisions: Mapping[str, RevisionState] = field(default_factory=dict)
     metrics: Mapping[str, Sequence[Sample] | ProviderError] = field(default_factory=dict)
+    # The router guard's report (docs/routing.md): a trip naming the canary is its rollback.
+    router_guard: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,11 @@ def decide(
     else:
         requeue = min(requeue, _progress(w, spec, observations))
     _conditions(w)
+    st.step = (
+        f"{min(st.current_step, len(spec.rollout.steps) - 1) + 1}/{len(spec.rollout.steps)}"
+        if st.canary is not None
+        else ""
+    )
     routing = _routing(spec, st)
     return Decision(
         status=st,
@@ -216,6 +225,8 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
     assert st.canary is not None and st.stable is not None
     canary = st.canary
     steps = spec.rollout.steps
+    if _router_guard(w, obs):  # also for a canary that is no longer ready (a dead process)
+        return parse_duration(spec.rollout.analysis.interval)
     if not _ready(obs.revisions, canary.id):
         st.not_ready_since = st.not_ready_since or w.now
         st.weights = Weights()
@@ -246,6 +257,23 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         if st.canary is None:  # rolled back
             return interval
     return min(interval, _advance(w, spec))
+
+
+def _router_guard(w: Work, obs: Observations) -> bool:
+    """Roll back when the router reports that its guard took this canary off traffic."""
+    st = w.st
+    assert st.canary is not None
+    state = obs.revisions.get(st.canary.id)
+    trip = guard.trip_of(obs.router_guard, st.canary.version, state.url if state else None)
+    if trip is None:
+        return False
+    verdict = guard.verdict(trip)
+    st.analysis.verdicts = [verdict]
+    st.analysis.last_run_at = w.now
+    w.count("mlrollout_operator_verdicts_total", check=verdict.check, result=verdict.outcome)
+    w.event("Warning", "RouterGuard", verdict.message)
+    rollback(w, "rolledBack", verdict.message)
+    return True
 
 
 def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
@@ -305,6 +333,13 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
     steps = spec.rollout.steps
     step = steps[st.current_step]
     where = f"step {st.current_step + 1}/{len(steps)} at {step.weight}%"
+    if spec.controls.paused:
+        set_phase(
+            w,
+            Phase.PAUSED,
+            f"{where}: paused by spec.controls.paused (analysis keeps running)",
+        )
+        return parse_duration(spec.rollout.analysis.interval)
     if not a.step_passed:
         policy = spec.rollout.analysis.on_provider_error
         if a.hold_since is not None and w.since(a.hold_since) >= parse_duration(policy.max_hold):
@@ -391,7 +426,11 @@ def _routing(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> RoutingInp
     if st.canary is not None:
         weights["canary"] = st.weights.canary
     return RoutingInputs(
-        weights=weights, traffic=spec.traffic, revisions=revisions, versions=versions
+        weights=weights,
+        traffic=spec.traffic,
+        revisions=revisions,
+        versions=versions,
+        options=guard.table_options(spec),
     )
 
 

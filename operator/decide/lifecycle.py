@@ -169,6 +169,8 @@ def record_history(w: Work, rev: Revision, outcome: str, reason: str) -> None:
         {
             "revision": rev.id,
             "version": rev.version,
+            "uri": rev.uri,
+            "sha256": rev.sha256,
             "outcome": outcome,
             "at": w.now,
             "reason": reason,

@@ -134,7 +134,7 @@ class LocalRuntime:
             Event(
                 "Normal",
                 "Started",
-                f"serving {spec.model.version} ({spec.revision}) as {spec.track} on {server.url}",
+                f"serving {spec.model.version} ({spec.revision}) on {server.url}",
             ),
         )
         return server
@@ -165,6 +165,10 @@ class LocalRuntime:
         self.events.append((deployment, event))
         if self.on_event is not None:
             self.on_event(deployment, event)
+
+    def servers(self) -> dict[str, _Server]:
+        """The running servers by revision (for run.json)."""
+        return dict(self._servers)
 
     def targets(self, deployment: DeploymentKey) -> list[ScrapeTarget]:
         """Scrape targets for every server still running."""

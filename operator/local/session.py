@@ -10,11 +10,11 @@ timeline (JSON + PNG).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlrollout.operator.ctl.limits import check_limits
 from mlrollout.operator.interfaces import DeploymentKey, Event
 from mlrollout.operator.local.display import LiveDisplay, render
 from mlrollout.operator.local.manifest import Manifest
@@ -30,12 +31,136 @@ from mlrollout.operator.local.prom import LocalPrometheus, ScrapeTarget
 from mlrollout.operator.local.router import FileRouter
 from mlrollout.operator.local.runtime import LocalRuntime
 from mlrollout.operator.local.timeline import CheckPoint, Timeline, TimelineEntry, plot
+from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
 from mlrollout.services.netutil import free_port
+from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
 QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData"})
+# Events the engine emits once per analysis run of a canary (see decide/engine.py _judge).
+ANALYSIS_EVENTS = frozenset(
+    {"AnalysisPassed", "AnalysisFailed", "AnalysisNoData", "AnalysisProviderError"}
+)
+RUN_FILE = "run.json"
+EVENTS_FILE = "events.jsonl"
+ANALYSIS_FILE = "analysis.jsonl"
+LOCK_FILE = "lock"
+
+
+class RunDirBusy(RuntimeError):
+    """Another ``mlrollout dev`` holds the run dir."""
+
+
+class RunLock:
+    """An exclusive lock on a run dir, held for the whole life of one ``mlrollout dev``.
+
+    ``flock`` is released by the kernel when the process dies, so a crash or SIGKILL
+    never leaves a stale lock behind; the file only records who holds it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirBusy(
+                f"another mlrollout dev (pid {holder}) is running on {self.path.parent}; "
+                "stop it first (Ctrl-C there), or use --run-dir for a separate run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def analysis_record(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any],
+    events: tuple[Event, ...],
+    t: float,
+    total_steps: int,
+    limits: Mapping[str, str],
+) -> dict[str, Any] | None:
+    """One JSON-lines record when this decision included an analysis run, else None (pure).
+
+    Step and weight are those in force while the run's window was measured (before this
+    decision advanced, promoted or rolled back); the verdicts survive promotion/rollback.
+    """
+    reasons = [e.reason for e in events if e.reason in ANALYSIS_EVENTS]
+    a_before = (before or {}).get("analysis") or {}
+    a_after = after.get("analysis") or {}
+    ran = bool(reasons) or (
+        a_after.get("lastRunAt") is not None
+        and a_after.get("lastRunAt") != a_before.get("lastRunAt")
+    )
+    if not ran:
+        return None
+    ref = before if (before or {}).get("canary") else after
+    canary = (ref or {}).get("canary") or {}
+    stable = (ref or {}).get("stable") or {}
+    weights = (ref or {}).get("weights") or {}
+    step = (ref or {}).get("currentStep", 0)
+    outcome = (
+        {
+            "AnalysisPassed": "pass",
+            "AnalysisFailed": "fail",
+            "AnalysisNoData": "noData",
+            "AnalysisProviderError": "providerError",
+        }.get(reasons[0], "")
+        if reasons
+        else ""
+    )
+    checks = []
+    for v in a_after.get("verdicts") or []:
+        name = str(v.get("check", ""))
+        checks.append(
+            {
+                "check": name,
+                "value": v.get("value"),
+                "threshold": v.get("threshold"),
+                "limit": limits.get(name, ""),
+                "samples": v.get("samples"),
+                "verdict": v.get("outcome"),
+                "message": v.get("message", ""),
+            }
+        )
+    return {
+        "time": datetime.fromtimestamp(t, tz=UTC).isoformat(),
+        "stable": stable.get("version"),
+        "canary": canary.get("version"),
+        "step": f"{int(step) + 1}/{total_steps}" if canary else None,
+        "weight": int(weights.get("canary", 0)) if canary else 0,
+        "outcome": outcome or None,
+        "phaseAfter": after.get("phase"),
+        "checks": checks,
+    }
+
+
+def _append_jsonl(path: Path, doc: Mapping[str, Any]) -> None:
+    # One write of one line on an O_APPEND file: readers never see half a record.
+    with path.open("a") as fh:
+        fh.write(json.dumps(doc, sort_keys=True, default=str) + "\n")
 
 
 @dataclass(frozen=True)
@@ -71,49 +196,31 @@ def outcome_of(status: Mapping[str, Any] | None, version: str) -> str | None:
 
 
 def entry_from_status(
-    status: Mapping[str, Any], events: tuple[Event, ...], t: float
+    status: ModelDeploymentStatus, events: tuple[Event, ...], t: float
 ) -> TimelineEntry:
-    """A timeline entry from stored (camelCase) status and the decision's events (pure)."""
-    weights = status.get("weights") or {}
-    stable = status.get("stable") or {}
-    canary = status.get("canary") or {}
-    verdicts = (status.get("analysis") or {}).get("verdicts") or []
+    """A timeline entry from the reconciled status and the decision's events (pure)."""
     checks = tuple(
-        CheckPoint(
-            name=str(v.get("check", "")),
-            value=v.get("value"),
-            threshold=v.get("threshold"),
-            verdict=str(v.get("outcome", "")),
-        )
-        for v in verdicts
+        CheckPoint(name=v.check, value=v.value, threshold=v.threshold, verdict=str(v.outcome))
+        for v in status.analysis.verdicts
     )
     names = [snake(e.reason) for e in events]
     event = min(names, key=_event_rank) if names else None
+    canary = status.canary
     return TimelineEntry(
         t=t,
-        phase=str(status.get("phase", "")),
-        weights={
-            "stable": int(weights.get("stable", 100)),
-            "canary": int(weights.get("canary", 0)),
-        },
-        step=status.get("currentStep") if canary else None,
-        stable_version=stable.get("version"),
-        canary_version=canary.get("version"),
+        phase=str(status.phase),
+        weights={"stable": status.weights.stable, "canary": status.weights.canary},
+        step=status.current_step if canary else None,
+        stable_version=status.stable.version if status.stable else None,
+        canary_version=canary.version if canary else None,
         checks=checks if canary else (),
         event=event,
-        reason="; ".join(e.message for e in events) or str(status.get("message", "")),
+        reason="; ".join(e.message for e in events) or status.message,
     )
 
 
 def _atomic_json(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 class LocalSession:
@@ -145,6 +252,7 @@ class LocalSession:
         self.timeline = Timeline(manifest.name)
         self.last: ReconcileResult | None = None
         self._reported_exits: set[str] = set()
+        self._run_doc: dict[str, Any] = {}
         self._resume()
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,6 +294,8 @@ class LocalSession:
         self.note(
             f"Prometheus {self.prometheus.url}  router {self.router_url}  run dir {self.run_dir}"
         )
+        self.write_run_file()
+        self._warm_up()
 
     def close(self) -> None:
         """Stop every process and write the timeline. Safe to call twice."""
@@ -196,6 +306,73 @@ class LocalSession:
         finally:
             self.supervisor.close()
             self.write_timeline()
+            if self._run_doc:
+                self.write_run_file(running=False)
+
+    def run_document(self, running: bool = True) -> dict[str, Any]:
+        """What ``run.json`` holds: ports, URLs and pids of this run (for scripts)."""
+
+        def pid(name: str) -> int | None:
+            proc = self.supervisor.get(name)
+            return proc.pid if proc is not None and proc.alive() else None
+
+        servers = {}
+        for revision, server in self.runtime.servers().items():
+            servers[revision] = {
+                "version": server.spec.model.version,
+                "url": server.url,
+                "port": server.port,
+                "pid": server.proc.pid if server.proc.alive() else None,
+            }
+        return {
+            "deployment": self.manifest.name,
+            "namespace": self.manifest.namespace,
+            "file": str(self.manifest.path.resolve()),
+            "runDir": str(self.run_dir.resolve()),
+            "running": running,
+            "pid": os.getpid() if running else None,
+            "router": {"url": self.router_url, "port": self.router_port, "pid": pid("router")},
+            "prometheus": {
+                "url": self.prometheus.url if self.prometheus is not None else None,
+                "pid": pid("prometheus"),
+            },
+            "servers": servers,
+            "files": {
+                "state": str(self.state_path),
+                "events": str(self.run_dir / EVENTS_FILE),
+                "analysis": str(self.run_dir / ANALYSIS_FILE),
+                "timeline": str(self.timeline_paths[0]),
+                "logs": str(self.supervisor.log_dir),
+            },
+        }
+
+    def write_run_file(self, running: bool = True) -> None:
+        doc = self.run_document(running)
+        if doc != self._run_doc:
+            self._run_doc = doc
+            _atomic_json(self.run_dir / RUN_FILE, doc)
+
+    def _warm_up(self, timeout: float = 60.0) -> None:
+        """On resume, start the saved revisions and wait for them before the first decision.
+
+        The processes of the last run are gone; judging at once would see the stable not
+        ready and report it (StableNotReady) although it is only starting.
+        """
+        if not (self.status or {}).get("stable"):
+            return
+        from mlrollout.operator.decide import wanted_revisions
+        from mlrollout.operator.reconcile import load_status
+
+        now = datetime.fromtimestamp(self.clock(), tz=UTC)
+        wanted = wanted_revisions(self.manifest.spec, load_status(self.status), now)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = self.runtime.ensure_revisions(self.key, wanted)
+            if all(s.ready for s in states.values()) or any(
+                "exited" in s.message for s in states.values()
+            ):
+                return
+            time.sleep(0.2)
 
     def __enter__(self) -> LocalSession:
         return self
@@ -282,19 +459,36 @@ class LocalSession:
             generation=self.generation,
         )
         self._check_infra()
+        record = analysis_record(
+            self.status,
+            result.status,
+            result.events,
+            t,
+            len(self.manifest.spec.rollout.steps),
+            check_limits(self.manifest.spec.rollout.analysis),
+        )
+        if record is not None:
+            _append_jsonl(
+                self.run_dir / ANALYSIS_FILE, {"deployment": self.manifest.name, **record}
+            )
         self.status = result.status
         self.last = result
         self._save()
+        if self._run_doc:
+            self.write_run_file()
         if self.prometheus is not None:
             self._update_targets()
-        entry = entry_from_status(result.status, result.events, t)
+        entry = entry_from_status(result.state, result.events, t)
         self.timeline.append(entry)
         if entry.event:
             # Keep the log on disk as it grows, so even a SIGKILL loses little of it.
             self.timeline.write_json(self.timeline_paths[0])
         if self.display is not None:
             steps = len(self.manifest.spec.rollout.steps)
-            self.display.show(entry, render(entry, self.manifest.name, steps, self.display.tty))
+            limits = check_limits(self.manifest.spec.rollout.analysis)
+            self.display.show(
+                entry, render(entry, self.manifest.name, steps, self.display.tty, limits=limits)
+            )
         return result
 
     def _check_infra(self) -> None:
@@ -340,6 +534,15 @@ class LocalSession:
     def _on_event(self, deployment: DeploymentKey, event: Event) -> None:
         # Routine analysis results are in the live block already; keep the scrollback for
         # what changed (steps, promotions, rollbacks, failures, processes).
+        _append_jsonl(
+            self.run_dir / EVENTS_FILE,
+            {
+                "time": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),
+                "type": event.type,
+                "reason": event.reason,
+                "message": event.message,
+            },
+        )
         if event.reason not in QUIET_EVENTS:
             self.note(f"{event.type}: {event.reason}: {event.message}")
 

@@ -53,3 +53,29 @@ def _same(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k], rel_tol, abs_tol) for k in a)
     return type(a) is type(b) and a == b
+
+
+def compare_rows(
+    first: bytes, second: bytes, rel_tol: float = 1e-3, abs_tol: float = 1e-6
+) -> tuple[int, int] | None:
+    """``(agree, disagree)`` rows of two answers to the same request; None if not comparable.
+
+    When both predictions are lists of the same length (one entry per row of a batch),
+    each row counts once; any other pair of predictions counts as one row. Lists of
+    different lengths, and answers that are not JSON, are not comparable.
+    """
+    try:
+        a, b = _prediction_part(json.loads(first)), _prediction_part(json.loads(second))
+        if isinstance(a, list) and isinstance(b, list) and not _v2_outputs(a):
+            if len(a) != len(b) or not a:
+                return None
+            same = sum(1 for x, y in zip(a, b, strict=True) if _same(x, y, rel_tol, abs_tol))
+            return same, len(a) - same
+        return (1, 0) if _same(a, b, rel_tol, abs_tol) else (0, 1)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _v2_outputs(items: list[Any]) -> bool:
+    # KServe v2 ``outputs`` are tensors, not rows: compared whole.
+    return bool(items) and all(isinstance(x, dict) and "data" in x for x in items)

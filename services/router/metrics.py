@@ -7,11 +7,15 @@ request.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .table import TRACKS, RoutingTable
+
+if TYPE_CHECKING:
+    from .guard import Guard
 
 BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -76,6 +80,43 @@ class RouterMetrics:
             ["deployment"],
             registry=r,
         )
+        self.agreement_total = Counter(
+            "mlrollout_router_agreement",
+            "Paired comparisons of canary and stable answers to the same request: rows that "
+            "agree or disagree, requests whose pair could not be compared (error) or was not "
+            "sent (dropped). source: the track whose live request was mirrored.",
+            ["deployment", "track", "version", "source", "result"],
+            registry=r,
+        )
+        self.guard_tripped = Gauge(
+            "mlrollout_router_guard_tripped",
+            "1 once the router guard took this canary to weight 0 (test: errors|agreement).",
+            ["deployment", "track", "version", "test"],
+            registry=r,
+        )
+        self.guard_evalue = Gauge(
+            "mlrollout_router_guard_e_value",
+            "The guard's e-value for this canary (test: errors|agreement); it trips at 1/alpha.",
+            ["deployment", "track", "version", "test"],
+            registry=r,
+        )
+        self.guard_threshold = Gauge(
+            "mlrollout_router_guard_threshold",
+            "1/alpha: the e-value at which the guard trips.",
+            ["deployment"],
+            registry=r,
+        )
+        self._guard_labels: list[tuple[str, ...]] = []
+        self.source_up = Gauge(
+            "mlrollout_router_table_source_up",
+            "1 while the routing table source (file poller, ConfigMap watch) runs, else 0.",
+            registry=r,
+        )
+        self.source_failures = Counter(
+            "mlrollout_router_table_source_failures",
+            "Times the routing table source stopped on an error (it is restarted).",
+            registry=r,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self.deployment = ""
         self._weight_labels: list[tuple[str, str, str]] = []
@@ -103,6 +144,11 @@ class RouterMetrics:
     def table_rejected(self) -> None:
         self.rejected.labels(self.deployment).inc()
 
+    def source_state(self, up: bool) -> None:
+        if not up:
+            self.source_failures.inc()
+        self.source_up.set(1 if up else 0)
+
     def no_table_yet(self) -> None:
         self.generation.labels(self.deployment).set(-1)
         self._generation_set = True
@@ -127,6 +173,41 @@ class RouterMetrics:
 
     def shadow_result(self, version: str, result: str) -> None:
         self.shadow.labels(self.deployment, "canary", version, result).inc()
+
+    def agreement(
+        self, version: str, source: str, result: str, rows: tuple[int, int] | None
+    ) -> None:
+        labels = (self.deployment, "canary", version, source)
+        if rows is None:
+            self.agreement_total.labels(*labels, "error" if result != "dropped" else result).inc()
+            return
+        agree, disagree = rows
+        if agree:
+            self.agreement_total.labels(*labels, "agree").inc(agree)
+        if disagree:
+            self.agreement_total.labels(*labels, "disagree").inc(disagree)
+
+    def guard_state(self, guard: Guard) -> None:
+        """Export the guard's e-values and trip for the canary it watches (old ones removed)."""
+        st, spec = guard.state, guard.spec
+        wanted: list[tuple[str, ...]] = []
+        if st is not None and spec is not None:
+            base = (self.deployment, "canary", st.canary_version)
+            tests = {"errors": st.errors.log_e}
+            if spec.min_agreement is not None:
+                tests["agreement"] = st.agreement.log_e
+            trip = (st.trip or {}).get("test")
+            for test, log_e in tests.items():
+                labels: tuple[str, ...] = (*base, test)
+                wanted.append(labels)
+                self.guard_evalue.labels(*labels).set(math.exp(min(log_e, 700.0)))
+                self.guard_tripped.labels(*labels).set(1 if trip == test else 0)
+            self.guard_threshold.labels(self.deployment).set(1.0 / spec.alpha)
+        for labels in self._guard_labels:
+            if labels not in wanted:
+                self.guard_evalue.remove(*labels)
+                self.guard_tripped.remove(*labels)
+        self._guard_labels = wanted
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

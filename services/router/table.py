@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from .options import AgreementSpec, GuardSpec, parse_agreement, parse_guard
 
 Track = Literal["stable", "canary"]
 TRACKS: tuple[Track, ...] = ("stable", "canary")
@@ -44,6 +46,8 @@ class RoutingTable:
     weights: dict[Track, int]
     sticky_header: str | None = None
     shadow_percent: float = 0.0
+    agreement: AgreementSpec | None = None
+    guard: GuardSpec | None = None
     # The document as received, echoed by ``GET /-/table``.
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -51,13 +55,23 @@ class RoutingTable:
     def canary_weight(self) -> int:
         return self.weights.get("canary", 0)
 
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON document a router reads (tables come from :func:`parse_table`)."""
+        return {**self.raw, "generation": self.generation}
+
+    def with_generation(self, generation: int) -> RoutingTable:
+        """The same table under another generation (the writer numbers what it writes)."""
+        return replace(self, generation=generation, raw={**self.raw, "generation": generation})
+
 
 def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
     """Parse and validate a routing table; raise :class:`TableError` with every problem found."""
     if isinstance(data, bytes | str):
         try:
             doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            raise TableError("routing table is nested too deeply to be a table") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
             raise TableError(f"routing table is not valid JSON: {exc}") from None
     else:
         doc = data
@@ -81,6 +95,10 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
         problems.append(f"shadowPercent must be a number in 0..100, got {shadow!r}")
     elif shadow > 0 and "canary" not in backends:
         problems.append("shadowPercent > 0 needs a canary backend")
+    agreement = parse_agreement(doc.get("agreement"), problems)
+    if agreement is not None and agreement.percent > 0 and "canary" not in backends:
+        problems.append("agreement.percent > 0 needs a canary backend")
+    guard = parse_guard(doc.get("guard"), problems)
     if problems:
         raise TableError("invalid routing table: " + "; ".join(problems))
     return RoutingTable(
@@ -90,6 +108,8 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
         weights=weights,
         sticky_header=sticky.lower() if sticky else None,
         shadow_percent=float(shadow),
+        agreement=agreement,
+        guard=guard,
         raw=doc,
     )
 
@@ -149,8 +169,23 @@ def choose(table: RoutingTable, sticky_value: str | None, force: str | None, ran
 
 
 def should_shadow(table: RoutingTable, track: Track, rand: float) -> bool:
-    """Whether a request served by ``track`` is also mirrored to the canary."""
-    return track == "stable" and "canary" in table.backends and rand * 100.0 < table.shadow_percent
+    """Whether a request served by ``track`` is also mirrored to the other track.
+
+    Stable's requests go to the canary with ``shadowPercent`` (or the agreement share when
+    ``agreement.source`` is stable, whichever is larger); the canary's go to stable with
+    the agreement share when ``agreement.source`` is canary.
+    """
+    if "canary" not in table.backends:
+        return False
+    agreement = table.agreement
+    share = 0.0
+    if track == "stable":
+        share = table.shadow_percent
+        if agreement is not None and agreement.source == "stable":
+            share = max(share, agreement.percent)
+    elif agreement is not None and agreement.source == "canary":
+        share = agreement.percent
+    return rand * 100.0 < share
 
 
 def _parse_backends(value: Any, problems: list[str]) -> dict[Track, Backend]:
@@ -214,6 +249,13 @@ def _parse_url(url: Any) -> tuple[str, int, str] | str:
         return f"{url!r}: only http:// backends are supported"
     if not parts.hostname:
         return f"{url!r} has no host"
+    try:
+        # What the connection will do with it (an empty or 64+ character label fails here).
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        return f"{url!r}: host {parts.hostname!r} is not a valid name ({exc})"
+    if port == 0:
+        return f"{url!r}: port must be in 1..65535"
     if parts.query or parts.fragment:
         return f"{url!r} must not have a query or fragment"
     return parts.hostname, port or 80, parts.path.rstrip("/")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlrollout.services.bench.__main__ import SMOKE_ROLLBACK
-from mlrollout.services.bench.rollback import failed_checks, run_rollback
+
+from bench.__main__ import SMOKE_ROLLBACK
+from bench.rollback import failed_checks, run_rollback
 
 pytestmark = pytest.mark.e2e
 

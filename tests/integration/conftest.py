@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlrollout.services.server.testing import FileServer, RunningServer, running_server
+
+from tests.doubles.server import FileServer, RunningServer, running_server
 
 ServeModel = Callable[..., contextlib.AbstractContextManager[RunningServer]]
 

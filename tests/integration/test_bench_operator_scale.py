@@ -1,4 +1,5 @@
-"""Smoke size of the operator benchmark: 10 ModelDeployments against the real operator."""
+"""Smoke size of the operator benchmark: 10 ModelDeployments, the real operator, the real
+control plane (tests/cluster/controlplane.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,21 @@ from pathlib import Path
 
 import pytest
 from mlrollout.operator.local.procs import Supervisor
-from mlrollout.services.bench.__main__ import SMOKE_SCALE
-from mlrollout.services.bench.operator_scale import markdown, run_operator_scale
+
+from bench.__main__ import SMOKE_SCALE
+from bench.operator_scale import markdown, missing_control_plane, run_operator_scale
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _needs_control_plane() -> None:
+    missing = missing_control_plane()
+    if missing:
+        pytest.skip(
+            f"control plane not built ({', '.join(missing)} missing): this runs once "
+            "tests/cluster/build.sh has built it (`make test` does that first)"
+        )
 
 
 def test_every_deployment_gets_children_and_canaries_are_analysed(tmp_path: Path) -> None:
@@ -22,7 +34,8 @@ def test_every_deployment_gets_children_and_canaries_are_analysed(tmp_path: Path
     assert len(result.paced_latency_s) == config.paced
     assert all(t > 0 for t in result.burst_latency_s + result.paced_latency_s)
     # 10 children per ModelDeployment, plus the ModelDeployments and the canaries' objects.
-    assert result.emulator_objects >= 11 * (config.deployments + config.paced)
+    assert result.objects >= 11 * (config.deployments + config.paced)
+    assert len(result.burst_healthy_s) == config.deployments
     assert result.analysis["runs"] > 0  # verdicts came back from real PromQL
     assert result.analysis["operator_cpu_s"] > 0
     assert 20 < result.rss_reconciled_mb <= result.rss_peak_mb

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]  # bench/ runs from the checkout, as `make bench` does
 
 
 def test_bench_smoke_writes_report(tmp_path: Path) -> None:
@@ -17,14 +18,14 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "mlrollout.services.bench",
+        "bench",
         "--smoke",
         "--out",
         str(out),
         "--state",
         str(tmp_path / "state"),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "bench" / "results.json").read_text())
     cells = {c["server"]: c for c in results["serving"]["cells"]}
@@ -44,11 +45,16 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     operator = results["operator"]["result"]
     assert len(operator["burst_latency_s"]) == operator["deployments"] == 10
     assert operator["analysis"]["runs"] > 0
-    (trial,) = results["rollback"]["trials"]
-    assert trial["outcome"] == "rolledBack" and trial["peak_weight"] > 0
+    trials = results["rollback"]["trials"]
+    assert [t["variant"] for t in trials] == ["short", "guard"]
+    assert all(t["outcome"] == "rolledBack" and t["peak_weight"] > 0 for t in trials)
+    guard = results["guard"]["summary"]
+    assert guard["errors"]["tripped"] == 1 and guard["agreement"]["tripped"] == 1
+    assert guard["healthy"]["tripped"] == 0
     assert any(t["target"].startswith("operator RSS") for t in results["targets"])
     report = (out / "benchmarks.md").read_text()
     assert "SMOKE" in report and "| mlrollout server |" in report
     assert "## Operator at scale" in report and "## Rollback" in report
+    assert "## Router guard and paired agreement" in report
     assert "## Reading these figures" in report
     assert (out / "bench" / "serving-cpu.png").stat().st_size > 1000

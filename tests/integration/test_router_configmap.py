@@ -12,7 +12,8 @@ from aiohttp import web
 from mlrollout.services.netutil import free_port
 from mlrollout.services.router.proxy import Router, RouterConfig
 from mlrollout.services.router.source import ConfigMapSource, KubeAccess
-from mlrollout.services.router.testing import table_doc
+
+from tests.doubles.router import table_doc
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,7 @@ async def test_configmap_changes_apply_and_bad_ones_are_refused(api: tuple[FakeA
     fake, server = api
     router = Router(RouterConfig())
     source = ConfigMapSource("ml", "routes", KubeAccess(server, token="secret"), max_backoff=0.2)
-    task = asyncio.create_task(source.run(router.offer))
+    task = asyncio.create_task(source.run(router.offer, lambda m: router.reject(m, "test")))
     try:
         await until(lambda: router.table is not None, "the first table")
         assert fake.auth[0] == "Bearer secret"

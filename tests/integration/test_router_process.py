@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from mlrollout.services.router.testing import fake_backend, router, table_doc, write_table
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.doubles.router import fake_backend, router, table_doc, write_table
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +237,7 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     ],
 )
 def test_cli_refuses_bad_arguments(args: list[str], message: str) -> None:
-    from mlrollout.services.router.testing import ROUTER_CMD
+    from tests.doubles.router import ROUTER_CMD
 
     out = subprocess.run([*ROUTER_CMD, *args], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2

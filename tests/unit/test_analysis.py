@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlrollout.operator import queries as q
 from mlrollout.operator.decide import analysis, stats
-from mlrollout.operator.decide.testing import TrackTraffic, results_for
 from mlrollout.operator.model import Analysis, Verdict
+
+from tests.doubles.decide import TrackTraffic, results_for
 
 OK = TrackTraffic(requests=1000, errors=1, latency=0.05)
 

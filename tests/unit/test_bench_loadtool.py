@@ -6,7 +6,8 @@ import os
 import time
 
 import pytest
-from mlrollout.services.bench.loadtool import parse_hey_csv, tree_cpu_seconds, tree_rss_mb
+
+from bench.loadtool import parse_hey_csv, tree_cpu_seconds, tree_rss_mb
 
 HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
 0.0010,0.0001,0.0000,0.0000,0.0009,0.0000,200,0.0010

@@ -95,7 +95,19 @@ def test_resource_shape() -> None:
     version = _version()
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Stable", "Canary", "Weight", "Age"]
+    assert list(columns) == [
+        "Phase",
+        "Stable",
+        "Canary",
+        "Step",
+        "Weight",
+        "Message",
+        "Age",
+        "Stable-Revision",
+        "Canary-Revision",
+    ]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["Stable-Revision", "Canary-Revision"]  # only with -o wide
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
     for name, path in columns.items():
         if path.startswith(".status."):

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from mlrollout.operator.decide.testing import Scenario, TrackTraffic
 from mlrollout.operator.model import ModelDeploymentStatus
+
+from tests.doubles.decide import Scenario, TrackTraffic
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

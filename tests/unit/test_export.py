@@ -13,15 +13,16 @@ from mlrollout.services.cli import main as cli_main
 from mlrollout.services.model.artifact import load_artifact, sha256_file
 from mlrollout.services.model.export import ExportError, export_model
 from mlrollout.services.model.runtime import OnnxModel
-from mlrollout.services.model.testing import (
+from mlrollout.services.model.validation import Batch
+from mlrollout.services.profile import load_profile
+
+from tests.doubles.model import (
     MIXED_CATEGORICAL,
     MIXED_NUMERIC,
     mixed_data,
     mixed_pipeline,
     numeric_data,
 )
-from mlrollout.services.model.validation import Batch
-from mlrollout.services.profile import load_profile
 
 
 def _forest() -> object:

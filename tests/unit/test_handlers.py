@@ -16,8 +16,9 @@ from mlrollout.operator import builders as b
 from mlrollout.operator import handlers as h
 from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, RevisionState, Sample
 from mlrollout.operator.model import Traffic
-from mlrollout.operator.reconcile import ReconcileResult
+from mlrollout.operator.reconcile import ReconcileResult, load_status
 from mlrollout.operator.settings import OperatorSettings
+from mlrollout.services.router.table import RoutingTable
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -39,13 +40,16 @@ class FakeRuntime:
 
 class FakeRouter:
     def __init__(self) -> None:
-        self.table: dict[str, Any] | None = None
+        self.table: RoutingTable | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         self.table = table
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         return self.table
+
+    def guard_report(self) -> dict[str, Any] | None:
+        return None
 
 
 class FakePlugins:
@@ -89,7 +93,13 @@ class Scripted:
 def result(
     status: dict[str, Any], events: tuple[Event, ...] = (), requeue: float = 30.0
 ) -> ReconcileResult:
-    return ReconcileResult(status=status, events=events, requeue_after=requeue, decision=None)  # type: ignore[arg-type]
+    return ReconcileResult(
+        status=status,
+        events=events,
+        requeue_after=requeue,
+        decision=None,  # type: ignore[arg-type]
+        state=load_status(status),
+    )
 
 
 class Clock:
@@ -180,7 +190,7 @@ def test_spec_is_never_patched() -> None:
     assert set(patch) == {"status"}
 
 
-def test_timer_tick_before_due_does_nothing() -> None:
+def test_due_run_before_due_does_nothing() -> None:
     engine = Scripted(result(PROGRESSING, requeue=10.0), result(PROMOTED))
     deps, _, clock = make_deps(engine)
     h.reconcile_object(deps, body=body(), patch=kopf.Patch(), emit=lambda e: None, reason="create")
@@ -188,7 +198,7 @@ def test_timer_tick_before_due_does_nothing() -> None:
     patch = kopf.Patch()
     assert (
         h.reconcile_object(
-            deps, body=body(), patch=patch, emit=lambda e: None, reason="timer", force=False
+            deps, body=body(), patch=patch, emit=lambda e: None, reason="due", force=False
         )
         is None
     )
@@ -197,11 +207,80 @@ def test_timer_tick_before_due_does_nothing() -> None:
     clock.t += 1.0
     assert (
         h.reconcile_object(
-            deps, body=body(), patch=kopf.Patch(), emit=lambda e: None, reason="timer", force=False
+            deps, body=body(), patch=kopf.Patch(), emit=lambda e: None, reason="due", force=False
         )
         == 30.0
     )
     assert len(engine.seen) == 2
+
+
+def test_every_decided_due_time_is_handed_to_the_scheduler() -> None:
+    engine = Scripted(result(PROGRESSING, requeue=10.0), result(PROMOTED, requeue=30.0))
+    deps, _, clock = make_deps(engine)
+    told: list[tuple[str, float]] = []
+    deps.on_due = lambda uid, at: told.append((uid, at))
+    h.reconcile_object(deps, body=body(), patch=kopf.Patch(), emit=lambda e: None, reason="create")
+    clock.t += 10.0
+    h.reconcile_object(
+        deps, body=body(), patch=kopf.Patch(), emit=lambda e: None, reason="due", force=False
+    )
+    assert told == [("u-1", 1010.0), ("u-1", 1040.0)]
+
+
+def test_nothing_is_due_before_a_change_handler_decided() -> None:
+    deps, _, _ = make_deps(Scripted(result(PROMOTED)))
+    patch = kopf.Patch()
+    # No memory of the object (never seen, or deleted): a due run does nothing.
+    assert (
+        h.reconcile_object(
+            deps, body=body(), patch=patch, emit=lambda e: None, reason="due", force=False
+        )
+        is None
+    )
+    assert deps.memory == {}
+
+
+def test_due_run_writes_only_what_changed_since_its_own_last_write() -> None:
+    """The body kept from the create handler still has the old status; the due path
+    diffs against what it last wrote, so a steady object writes nothing."""
+    healthy = {**PROMOTED, "analysis": {"lastRunAt": "t1"}}
+    later = {**PROMOTED, "analysis": {"lastRunAt": "t2"}}
+    engine = Scripted(result(healthy), result(healthy), result(later))
+    deps, _, clock = make_deps(engine)
+    h.reconcile_object(
+        deps, body=body({}), patch=kopf.Patch(), emit=lambda e: None, reason="create"
+    )
+    writes: list[tuple[str, str, dict[str, Any]]] = []
+
+    def write(ns: str, name: str, status: dict[str, Any]) -> None:
+        writes.append((ns, name, status))
+
+    clock.t += 30
+    assert h.reconcile_due(deps, "u-1", lambda e: None, write) is True
+    assert writes == []  # same status as already written by the create handler's patch
+    clock.t += 30
+    h.reconcile_due(deps, "u-1", lambda e: None, write)
+    assert writes == [("ml", "fraud", {"analysis": {"lastRunAt": "t2"}})]
+
+
+def test_failed_status_write_is_retried_soon_and_rediffed_against_the_body() -> None:
+    engine = Scripted(result(PROGRESSING), result(PROMOTED), result(PROMOTED))
+    deps, _, clock = make_deps(engine)
+    h.reconcile_object(
+        deps, body=body({}), patch=kopf.Patch(), emit=lambda e: None, reason="create"
+    )
+    clock.t += 30
+
+    def broken(ns: str, name: str, status: dict[str, Any]) -> None:
+        raise RuntimeError("API down")
+
+    with pytest.raises(RuntimeError):
+        h.reconcile_due(deps, "u-1", lambda e: None, broken)
+    assert deps.of("u-1").due == clock.t + h.RETRY_SECONDS
+    clock.t += h.RETRY_SECONDS
+    writes: list[dict[str, Any]] = []
+    h.reconcile_due(deps, "u-1", lambda e: None, lambda ns, n, st: writes.append(st))
+    assert writes == [PROMOTED]  # the whole change since the stored body, not nothing
 
 
 def test_change_handlers_run_even_when_not_due() -> None:
@@ -221,23 +300,22 @@ def test_next_run_uses_the_status_just_decided_not_the_stale_body() -> None:
     clock.t += 5
     patch = kopf.Patch()
     # kopf has not delivered our own status write yet: the body still has the old status.
-    h.reconcile_object(
-        deps, body=body({}), patch=patch, emit=lambda e: None, reason="timer", force=False
-    )
+    h.reconcile_object(deps, body=body({}), patch=patch, emit=lambda e: None, reason="update")
     assert engine.seen[1]["status"] == PROGRESSING
     # ... but the patch is computed against what is stored, so the store converges.
     assert patch["status"] == PROMOTED
 
 
-def test_busy_object_skips_the_timer_tick() -> None:
+def test_busy_object_skips_the_due_run() -> None:
     engine = Scripted(result(PROMOTED))
     deps, _, _ = make_deps(engine)
+    deps.of("u-1").due = 0.0
     deps.of("u-1").lock.acquire()
     try:
         patch = kopf.Patch()
         assert (
             h.reconcile_object(
-                deps, body=body(), patch=patch, emit=lambda e: None, reason="timer", force=False
+                deps, body=body(), patch=patch, emit=lambda e: None, reason="due", force=False
             )
             is None
         )
@@ -269,7 +347,7 @@ def test_phase_change_with_engine_events_adds_none() -> None:
     assert events == []  # the engine's own events are posted by the runtime, not here
 
 
-def test_failure_propagates_and_makes_the_next_tick_due() -> None:
+def test_failure_propagates_and_the_object_falls_due_again_soon() -> None:
     def broken(*args: Any, **kwargs: Any) -> ReconcileResult:
         raise RuntimeError("API down")
 
@@ -279,7 +357,7 @@ def test_failure_propagates_and_makes_the_next_tick_due() -> None:
     with pytest.raises(RuntimeError, match="API down"):
         h.reconcile_object(deps, body=body(), patch=patch, emit=lambda e: None, reason="update")
     assert patch == {}
-    assert deps.of("u-1").due == 0.0
+    assert deps.of("u-1").due == 1000.0 + h.RETRY_SECONDS
     assert not deps.of("u-1").lock.locked()
 
 
@@ -325,7 +403,7 @@ def test_first_reconcile_starts_the_stable_revision_and_routes_to_it() -> None:
     (wanted,) = {tuple(c) for c in plugins.runtimes[0].calls}
     assert len(wanted) == 1
     assert plugins.routers[0].table is not None
-    assert plugins.routers[0].table["weights"] == {"stable": 100}
+    assert plugins.routers[0].table.weights == {"stable": 100}
     assert patch["status"]["observedGeneration"] == 3
 
 

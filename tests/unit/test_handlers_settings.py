@@ -16,13 +16,13 @@ def test_values_are_read_and_normalised() -> None:
     s = OperatorSettings.from_env(
         {
             "MLROLLOUT_PROMETHEUS_URL": "http://prom:9090/",
-            "MLROLLOUT_TICK_SECONDS": "0.5",
+            "MLROLLOUT_PROMETHEUS_TIMEOUT": "0.5",
             "MLROLLOUT_METRICS_PORT": "0",
             "MLROLLOUT_POSTING_LEVEL": "warning",
             "MLROLLOUT_NAMESPACE_MODE": "Namespaced",
         }
     )
-    assert (s.prometheus_url, s.tick_seconds, s.metrics_port, s.posting_level) == (
+    assert (s.prometheus_url, s.prometheus_timeout, s.metrics_port, s.posting_level) == (
         "http://prom:9090",
         0.5,
         0,
@@ -34,8 +34,8 @@ def test_values_are_read_and_normalised() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MLROLLOUT_TICK_SECONDS": "soon"}, "MLROLLOUT_TICK_SECONDS='soon' is not a number"),
-        ({"MLROLLOUT_TICK_SECONDS": "0"}, "must be between 0.2 and 3600"),
+        ({"MLROLLOUT_API_TIMEOUT": "soon"}, "MLROLLOUT_API_TIMEOUT='soon' is not a number"),
+        ({"MLROLLOUT_API_TIMEOUT": "0"}, "must be between 0.5 and 300"),
         ({"MLROLLOUT_PROMETHEUS_URL": "prom:9090"}, "must start with http:// or https://"),
         ({"MLROLLOUT_POSTING_LEVEL": "LOUD"}, "must be one of DEBUG, INFO, WARNING, ERROR"),
         ({"MLROLLOUT_NAMESPACE_MODE": "everywhere"}, "must be one of cluster, namespaced"),

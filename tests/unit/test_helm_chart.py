@@ -21,7 +21,8 @@ import yaml
 from kopf import cli as kopf_cli
 from mlrollout.operator.kube import RESOURCES
 from mlrollout.operator.settings import OperatorSettings
-from mlrollout.services.deploy_assets import documents
+
+from tools.deploy_assets import documents
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "mlrollout"

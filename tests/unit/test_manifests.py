@@ -18,7 +18,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from mlrollout.services import deploy_assets
+
+from tools import deploy_assets
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -40,7 +41,7 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
 
 def test_generated_files_are_up_to_date() -> None:
     stale = deploy_assets.stale(ROOT)
-    assert stale == [], f"run: python -m mlrollout.services.deploy_assets write  (stale: {stale})"
+    assert stale == [], f"run: python -m tools.deploy_assets write  (stale: {stale})"
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from mlrollout.services.model.artifact import (
     pack_artifact,
     sha256_file,
 )
-from mlrollout.services.model.testing import numeric_artifact
+
+from tests.doubles.model import numeric_artifact
 
 _CACHE: dict[str, Path] = {}
 

@@ -183,8 +183,9 @@ def test_integer_quantities_are_accepted_as_in_any_deployment() -> None:
 def test_one_unreadable_status_field_does_not_promote_the_canary_blind() -> None:
     from datetime import timedelta
 
-    from mlrollout.operator.decide.testing import FakeMetrics, FakeRouter, FakeRuntime
     from mlrollout.operator.interfaces import DeploymentKey
+
+    from tests.doubles.decide import FakeMetrics, FakeRouter, FakeRuntime
 
     def model(version: str) -> dict[str, Any]:
         return {"model": {"name": "fraud", "version": version, "uri": f"https://m/{version}"}}
@@ -291,7 +292,7 @@ def test_prometheus_url_without_a_host_is_refused_at_start(url: str) -> None:
     ("control", "reason"), [("promote", "PromoteIgnored"), ("resume", "ResumeIgnored")]
 )
 def test_a_control_with_no_canary_is_reported_once(control: str, reason: str) -> None:
-    from mlrollout.operator.decide.testing import Scenario
+    from tests.doubles.decide import Scenario
 
     s = Scenario({"model": {"name": "fraud", "version": "v1", "uri": "https://m/v1"}}, NOW)
     s.healthy_traffic()
@@ -309,7 +310,7 @@ def test_a_control_with_no_canary_is_reported_once(control: str, reason: str) ->
 
 
 def test_prediction_drift_does_not_hold_a_full_weight_step_forever() -> None:
-    from mlrollout.operator.decide.testing import Scenario, TrackTraffic
+    from tests.doubles.decide import Scenario, TrackTraffic
 
     s = Scenario(
         {
@@ -383,7 +384,7 @@ def test_model_servers_download_into_the_cache_volume(monkeypatch: pytest.Monkey
 
 
 def test_a_stable_that_stops_being_ready_after_a_rollback_is_degraded() -> None:
-    from mlrollout.operator.decide.testing import Scenario, TrackTraffic
+    from tests.doubles.decide import Scenario, TrackTraffic
 
     s = Scenario({"model": {"name": "fraud", "version": "v1", "uri": "https://m/v1"}}, NOW)
     s.healthy_traffic()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlrollout.operator.local.prom import PrometheusMissingError, find_prometheus
 from mlrollout.operator.local.session import LocalSession, SessionOptions
-from mlrollout.operator.local.testing import (
+
+from tests.doubles.local import (
     Stack,
     drive,
     healthy,

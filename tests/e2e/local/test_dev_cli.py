@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from mlrollout.operator.local.procs import descendants
-from mlrollout.operator.local.testing import kill_tree, manifest_doc, write_manifest
 from mlrollout.services.netutil import free_port
+
+from tests.doubles.local import kill_tree, manifest_doc, write_manifest
 
 pytestmark = pytest.mark.e2e
 

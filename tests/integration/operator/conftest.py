@@ -185,7 +185,6 @@ def start_operator(kubeconfig: Path, prometheus: Prometheus) -> Iterator[StartOp
             "KUBECONFIG": str(kubeconfig),
             "MLROLLOUT_PROMETHEUS_URL": prometheus_url or prometheus.url,
             "MLROLLOUT_PROMETHEUS_TIMEOUT": "2",
-            "MLROLLOUT_TICK_SECONDS": "0.5",
             "MLROLLOUT_METRICS_PORT": str(metrics_port),
             "MLROLLOUT_API_TIMEOUT": "5",
         }

@@ -1,8 +1,8 @@
 """Side-by-side router overhead: the same load straight to a backend and through a proxy.
 
-    python -m mlrollout.services.router.measure [--backend URL] [--requests 5000] [--concurrency 8]
+    python -m bench.measure_router [--backend URL] [--requests 5000] [--concurrency 8]
 
-Without ``--backend`` a fake backend (``router.testing``) is started; without ``--router``
+Without ``--backend`` a fake backend (``tests/doubles/router.py``) is started; without ``--router``
 ``mlrollout router`` is started with a one-backend table. ``hey`` sends identical
 keep-alive load alternately to the backend and to the proxy for ``--rounds`` rounds, so
 drift in machine load hits both sides alike. CPU per request is the proxy process's
@@ -22,9 +22,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlrollout.services.bench.loadtool import run_hey, tree_cpu_seconds
-
-from .testing import fake_backend, router, write_table
+from bench.loadtool import run_hey, tree_cpu_seconds
+from tests.doubles.router import fake_backend, router, write_table
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Measure a running server: server CPU per request and latency percentiles under ``hey``.
 
-A command-line front to the benchmark's load tool (``mlrollout.services.bench.loadtool``:
+A command-line front to the benchmark's load tool (``bench.loadtool``:
 hey in its own process, utime + stime of the server's whole process tree from /proc, so
 BentoML's supervisor and workers are both counted) and its bare reference app. Linux only.
 
-    python -m mlrollout.services.server.measure run --url URL --pid PID --body FILE
-    python -m mlrollout.services.server.measure bare --onnx model.onnx --port 8000
+    python -m bench.measure_server run --url URL --pid PID --body FILE
+    python -m bench.measure_server bare --onnx model.onnx --port 8000
 
 ``bare`` serves the like-for-like reference: Starlette + onnxruntime, JSON
 ``{"instances": [[...]]}`` in, predictions out, no validation, metrics or drift.
@@ -19,12 +19,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mlrollout.services.bench import apps
-from mlrollout.services.bench.loadtool import measure
+from bench import apps
+from bench.loadtool import measure
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlrollout.services.server.measure")
+    parser = argparse.ArgumentParser(prog="python -m bench.measure_server")
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="measure a running server")
     r.add_argument("--url", required=True)

@@ -1,7 +1,7 @@
 """Reference servers for the benchmark: the bare app (the floor over HTTP) and stock BentoML.
 
-python -m mlrollout.services.bench.apps bare --onnx model.onnx --port P
-BENCH_ONNX=model.onnx bentoml serve mlrollout.services.bench.apps:StockBentoML --port P
+python -m bench.apps bare --onnx model.onnx --port P
+BENCH_ONNX=model.onnx bentoml serve bench.apps:StockBentoML --port P
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class StockBentoML:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlrollout.services.bench.apps")
+    parser = argparse.ArgumentParser(prog="python -m bench.apps")
     sub = parser.add_subparsers(dest="cmd", required=True)
     bare = sub.add_parser("bare", help="serve the bare Starlette + onnxruntime app (uvicorn)")
     bare.add_argument("--onnx", required=True)

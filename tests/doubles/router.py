@@ -1,6 +1,6 @@
 """Test and benchmark helpers: a tiny fake model backend and process management.
 
-    python -m mlrollout.services.router.testing --port 8001 --version v1 [--status 500] [--shift 1]
+    python -m tests.doubles.router --port 8001 --version v1 [--status 500] [--shift 1]
 
 The fake answers every request with ``{"predictions": [label], "version": V}`` where
 ``label`` is derived from the request body, so two fakes with the same ``--shift``
@@ -22,11 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..netutil import free_port, wait_http
-from .proxy import Reply, Request
+from mlrollout.services.netutil import free_port, wait_http
+from mlrollout.services.router.proxy import Reply, Request
 
 ROUTER_CMD = [sys.executable, "-m", "mlrollout.services.cli", "router"]
-FAKE_CMD = [sys.executable, "-m", "mlrollout.services.router.testing"]
+FAKE_CMD = [sys.executable, "-m", "tests.doubles.router"]
+# The fake runs from the source checkout (tests/ is not installed): its root goes on the path.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeBackend:
@@ -78,10 +80,10 @@ def table_doc(
 
 @contextlib.contextmanager
 def process(
-    cmd: list[str], health_url: str, timeout: float = 20.0
+    cmd: list[str], health_url: str, timeout: float = 20.0, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``cmd``, wait until ``health_url`` answers 200, always stop it afterwards."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         try:
             wait_http(health_url, timeout=timeout)
@@ -106,11 +108,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stderr.close()
 
 
+def source_env() -> dict[str, str]:
+    """The environment with the checkout's root first on PYTHONPATH (for ``-m tests...``)."""
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 @contextlib.contextmanager
 def fake_backend(version: str, *options: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     cmd = [*FAKE_CMD, "--port", str(port), "--version", version, *options]
-    with process(cmd, f"http://127.0.0.1:{port}/healthz") as proc:
+    with process(cmd, f"http://127.0.0.1:{port}/healthz", env=source_env()) as proc:
         yield port, proc
 
 
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = FakeBackend(args.version, args.status, args.shift, args.delay)
 
     async def serve() -> None:
-        from .server import start_server
+        from mlrollout.services.router.server import start_server
 
         server = await start_server(backend, args.host, args.port)
         stop_event = asyncio.Event()

@@ -1,7 +1,7 @@
 """Helpers for local-mode end-to-end tests and experiments: specs, variants, driving a session.
 
-Used by ``tests/e2e/local``; kept in the package so tests share them without importing a
-conftest module by name.
+Used by ``tests/e2e/local`` and the rollback benchmark (``bench/rollback.py``); a module
+rather than a conftest so both import it by name.
 """
 
 from __future__ import annotations

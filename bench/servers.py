@@ -7,6 +7,7 @@ stopped), pinned to the server core; peers run in their own virtual environments
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,11 @@ from mlrollout.services.netutil import free_port
 from .loadtool import pinned
 
 HERE = Path(__file__).resolve().parent
+# bench/ runs from the source checkout (it is not installed): child processes that import
+# it (``-m bench.apps``, ``bench.apps:StockBentoML``) get the checkout's root on their path.
+SOURCE_PATH = {
+    "PYTHONPATH": os.pathsep.join([str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+}
 PEERS = ("mlserver", "kserve")
 
 
@@ -128,14 +134,14 @@ def start_bare(env: BenchEnv) -> Server:
     argv = [
         sys.executable,
         "-m",
-        "mlrollout.services.bench.apps",
+        "bench.apps",
         "bare",
         "--onnx",
         str(model.onnx),
         "--port",
         str(port),
     ]
-    proc = sup.start("bare", pinned(argv, core))
+    proc = sup.start("bare", pinned(argv, core), env=SOURCE_PATH)
     return Server(
         "starlette+onnxruntime (bare)", proc, f"http://127.0.0.1:{port}/predict", "instances"
     )
@@ -149,7 +155,7 @@ def start_bentoml_stock(env: BenchEnv) -> Server:
     argv = [
         bentoml,
         "serve",
-        "mlrollout.services.bench.apps:StockBentoML",
+        "bench.apps:StockBentoML",
         "--host",
         "127.0.0.1",
         "--port",
@@ -159,6 +165,7 @@ def start_bentoml_stock(env: BenchEnv) -> Server:
         "BENCH_ONNX": str(model.onnx),
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "True",
+        **SOURCE_PATH,
     }
     proc = sup.start("bentoml-stock", pinned(argv, core), env=extra)
     return Server(

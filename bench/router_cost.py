@@ -1,7 +1,7 @@
 """Router overhead in front of a real mlrollout model server.
 
 The measurement itself is the router's own side-by-side tool
-(``mlrollout.services.router.measure``): the same load alternately straight to the model
+(``bench.measure_router``): the same load alternately straight to the model
 server and through the router, the router's CPU read around every run.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mlrollout.services.netutil import free_port
-from mlrollout.services.router.measure import measure
+
+from bench.measure_router import measure
 
 from .loadtool import pinned
 from .servers import BenchEnv, Server, body, start_mlrollout, wait_post
@@ -80,7 +81,7 @@ def router_overhead(env: BenchEnv, requests: int, concurrency: int, rounds: int)
 
     markdown = [
         f"In front of the mlrollout model server, batch 1, {rounds} rounds alternating direct and routed "
-        f"(`mlrollout.services.router.measure`): {requests} requests per run at concurrency {concurrency}, "
+        f"(`bench.measure_router`): {requests} requests per run at concurrency {concurrency}, "
         f"then {max(200, requests // 4)} at concurrency 1. The router runs on the server core beside the "
         "model server (hey has the other core), so at concurrency "
         f"{concurrency} the added latency includes queueing for that one core; at concurrency 1 it is "

@@ -4,7 +4,7 @@ One source each: ``crds/modeldeployment.yaml`` for the CRD, the Helm chart for e
 else. ``write`` regenerates the copies, ``check`` lists the stale ones (a test and ``make``
 call it), so ``kubectl apply -k manifests/`` and ``helm install`` cannot drift apart.
 
-    python -m mlrollout.services.deploy_assets write|check [--root DIR]
+    python -m tools.deploy_assets write|check [--root DIR]
 
 Rendering needs ``helm-python-sdk`` (Helm's Go SDK, in the ``test`` extra); it is imported
 only here, on demand, so nothing at run time depends on it.
@@ -27,7 +27,7 @@ CHART = Path("helm/mlrollout")
 CRD_SOURCE = Path("crds/modeldeployment.yaml")
 CRD_CHART_COPY = CHART / "files/crds/modeldeployment.yaml"
 HEADER = (
-    "# Generated from helm/mlrollout by `python -m mlrollout.services.deploy_assets write`.\n"
+    "# Generated from helm/mlrollout by `python -m tools.deploy_assets write`.\n"
     "# Do not edit: change the chart and regenerate (a test fails when this file is stale).\n"
 )
 # Labels that only make sense for a Helm release.
@@ -179,7 +179,7 @@ def _default_root() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlrollout.services.deploy_assets")
+    parser = argparse.ArgumentParser(prog="python -m tools.deploy_assets")
     parser.add_argument("action", choices=["write", "check"])
     parser.add_argument("--root", type=Path, default=_default_root(), help="repository root")
     args = parser.parse_args(argv)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in out_of_date:
         print(f"stale: {path}", file=sys.stderr)
     if out_of_date:
-        print("run: python -m mlrollout.services.deploy_assets write", file=sys.stderr)
+        print("run: python -m tools.deploy_assets write", file=sys.stderr)
         return 1
     return 0
 

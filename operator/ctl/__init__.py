@@ -1,0 +1,1 @@
+"""See and steer rollouts from the command line (``mlrollout get|status|promote|...``)."""

@@ -1,0 +1,1 @@
+"""Developer tools run from the source checkout (not installed): generated install assets."""
