@@ -179,7 +179,18 @@ def test_kubectl_get_md_prints_the_columns(crd_installed: Any, namespace: str) -
         json.dumps({"status": status}),
     )
     out = cp.kubectl("get", "md", "-n", namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "AGE"], out
-    assert out[1].split()[:5] == ["columns", "Progressing", "v1", "v2", "20"], out
+    columns = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0][
+        "additionalPrinterColumns"
+    ]
+    header = ["NAME", *(c["name"].upper() for c in columns if not c.get("priority"))]
+    assert out[0].split() == header, out
+    wide_header = cp.kubectl("get", "md", "-n", namespace, "-o", "wide").stdout.split("\n")[0]
+    assert wide_header.split() == ["NAME", *(c["name"].upper() for c in columns)]
+    # kubectl pads columns to the header's offsets: cut the row there (empty cells stay "").
+    starts = [out[0].index(h) for h in header]
+    cells = [out[1][a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    row = dict(zip(header, cells, strict=True))
+    assert row["NAME"] == "columns" and row["PHASE"] == "Progressing", out
+    assert (row["STABLE"], row["CANARY"], row["WEIGHT"]) == ("v1", "v2", "20"), out
     wide = cp.kubectl("get", "modeldeployments.mlrollout.io", "-n", namespace, "-o", "name")
     assert wide.stdout.strip() == "modeldeployment.mlrollout.io/columns"
