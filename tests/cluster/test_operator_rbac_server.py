@@ -42,6 +42,7 @@ def _free_port() -> int:
 
 def render(values: dict[str, Any], release: str, namespace: str) -> list[dict[str, Any]]:
     import helm_python as helm
+
     from tools.deploy_assets import documents
 
     with helm.Chart.load(str(CHART)) as chart:

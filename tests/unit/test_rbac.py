@@ -16,6 +16,7 @@ import kubernetes
 import pytest
 import yaml
 from mlrollout.operator import builders, kube
+
 from tools import deploy_assets
 
 ROOT = Path(__file__).resolve().parents[2]
