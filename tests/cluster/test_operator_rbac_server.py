@@ -202,10 +202,14 @@ def test_operator_works_with_the_charts_service_account(installed: dict[str, Any
 
     audit = cp.audit(installed["user"])
     assert audit, "the operator's requests are not in the audit log"
+    # The one refusal by design: without gatewayAPI.enabled the chart grants nothing on
+    # HTTPRoutes, and the operator's look for one left by a router switch gets a 403 it
+    # reads as "none made" (k8s_runtime._remove_other_path).
     refused = [
-        (e["verb"], e.get("objectRef", {}), e["responseStatus"].get("code"))
+        (e["verb"], e.get("objectRef", {}).get("resource"), e["responseStatus"].get("code"))
         for e in audit
         if e.get("responseStatus", {}).get("code") == 403
+        and not (e["verb"] == "get" and e.get("objectRef", {}).get("resource") == "httproutes")
     ]
     assert not refused, refused
     assert "Forbidden" not in operator.log(), operator.log()[-3000:]
@@ -221,7 +225,7 @@ def _assert_calls_are_granted(audit: list[dict[str, Any]], rules: list[dict[str,
             continue  # discovery (/api, /apis): allowed to every authenticated user
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         group = ref.get("apiGroup", "")
-        if resource == "selfsubjectaccessreviews":
+        if resource == "selfsubjectaccessreviews" or e["responseStatus"].get("code") == 403:
             continue
         assert any(
             group in r["apiGroups"] and resource in r["resources"] and e["verb"] in r["verbs"]
