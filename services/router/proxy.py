@@ -26,6 +26,7 @@ from .table import (
     Track,
     check_successor,
     choose,
+    forced_track,
     parse_table,
     should_shadow,
 )
@@ -202,9 +203,11 @@ class Router:
                 sticky = value.decode("latin-1")
             out += (name, b": ", value, b"\r\n")
         try:
-            track = choose(table, sticky, force, random.random())
+            feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
+            forced = forced_track(table, force, feedback)
         except TableError as exc:
             return error_reply(400, str(exc))
+        track = forced or choose(table, sticky, None, random.random())
         if request_id is None:
             self._id_counter += 1
             request_id = b"%s-%x" % (self._id_prefix.encode(), self._id_counter)
@@ -213,7 +216,7 @@ class Router:
 
         self.inflight += 1
         # Only the weight split's choices are evidence for the guard (not a forced track).
-        judged = force is None or not force.strip()
+        judged = forced is None
         try:
             response, track = await self._forward(table, track, req, headers, judged)
         finally:
