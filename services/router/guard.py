@@ -147,6 +147,26 @@ class Guard:
             return True
         return False
 
+    def adopt(self, report: Any) -> bool:
+        """Take over a trip another router (or this one before a restart) reported for the
+        canary in force; True if that tripped this guard. Anything else is ignored."""
+        st = self.state
+        trip = report.get("trip") if isinstance(report, dict) else None
+        if st is None or st.trip is not None or not isinstance(trip, dict):
+            return False
+        if (trip.get("canaryVersion"), trip.get("canaryUrl")) != (st.canary_version, st.canary_url):
+            return False
+        message = trip.get("message")
+        st.trip = {
+            **{k: trip.get(k) for k in ("test", "at", "alpha", "eValue", "threshold", "evidence")},
+            "canaryVersion": st.canary_version,
+            "canaryUrl": st.canary_url,
+            "generation": self.generation,
+            "adopted": True,
+            "message": message if isinstance(message, str) else "router guard tripped elsewhere",
+        }
+        return True
+
     def _trip(self, st: GuardState, test: str, now: float, share: float | None) -> None:
         spec = self.spec
         assert spec is not None

@@ -260,7 +260,19 @@ class Router:
         elif outcome in ("server_error", "unreachable"):
             self.metrics.guard_state(self.guard)
 
-    def _tripped(self) -> None:
+    def adopt_trip(self, data: bytes | str, origin: str) -> None:
+        """A trip reported through the table source (the ConfigMap's ``guard.json``): by
+        another replica, or by this router before it restarted. Same effect as our own."""
+        try:
+            report = json.loads(data)
+        except (ValueError, RecursionError):
+            log.warning("ignoring an unreadable guard report from %s", origin)
+            return
+        if self.guard.adopt(report):
+            log.warning("adopting the guard trip reported in %s", origin)
+            self._tripped(report_it=False)
+
+    def _tripped(self, report_it: bool = True) -> None:
         """The guard crossed: serve the canary at weight 0 from the next request on."""
         if self.table is None:
             return
@@ -269,7 +281,7 @@ class Router:
         self.metrics.guard_state(self.guard)
         report = self.guard.report()
         log.warning("%s; canary taken to weight 0", report.get("trip", {}).get("message"))
-        if self.on_trip is not None:
+        if self.on_trip is not None and report_it:
             try:
                 self.on_trip(report)
             except Exception:
