@@ -112,12 +112,20 @@ class Guard:
         share = (st.counts["canary"].requests + SHARE_PRIOR * w) / (routed + SHARE_PRIOR)
         return min(max(share, 0.001), 0.999)
 
-    def observe(self, track: str, outcome: str, now: float) -> bool:
-        """One answer to a request the weight split routed; True if this tripped the guard."""
+    def observe(
+        self, track: str, outcome: str, now: float, share: float | str | None = "now"
+    ) -> bool:
+        """One answer to a request the weight split routed; True if this tripped the guard.
+
+        ``share``: the canary's share when the request was routed (``self.share()`` then);
+        by default the share now. An answer that arrives after the weight changed must be
+        judged at the share it was routed with.
+        """
         st = self.state
         if st is None or st.trip is not None or track not in st.counts:
             return False
-        share = self.share()
+        if isinstance(share, str):
+            share = self.share()
         counts = st.counts[track]
         counts.requests += 1
         if outcome not in ERROR_OUTCOMES or share is None:

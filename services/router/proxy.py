@@ -196,8 +196,9 @@ class Router:
         self.inflight += 1
         # Only the weight split's choices are evidence for the guard (not a forced track).
         judged = force is None or not force.strip()
+        share = self.guard.share() if judged else None  # at routing time, for the guard
         try:
-            response, track = await self._forward(table, track, req, headers, judged)
+            response, track = await self._forward(table, track, req, headers, judged, share)
         finally:
             self.inflight -= 1
         if response is None:
@@ -221,7 +222,13 @@ class Router:
         return reply
 
     async def _forward(
-        self, table: RoutingTable, track: Track, req: Request, headers: bytes, judged: bool = False
+        self,
+        table: RoutingTable,
+        track: Track,
+        req: Request,
+        headers: bytes,
+        judged: bool = False,
+        share: float | None = None,
     ) -> tuple[Response | None, Track]:
         backend = table.backends[track]
         pool = self._pools.get((backend.host, backend.port))
@@ -239,7 +246,7 @@ class Router:
         except UpstreamError as exc:
             self.metrics.request_done(track, backend.version, "unreachable", 0.0)
             if judged:
-                self._judge(track, "unreachable")
+                self._judge(track, "unreachable", share)
             if track == "canary" and exc.before_response:
                 self.metrics.fallback(track, backend.version)
                 log.warning("canary %s unreachable, retrying on stable: %s", backend.url, exc)
@@ -250,12 +257,12 @@ class Router:
         outcome = outcome_of(response.status)
         self.metrics.request_done(track, backend.version, outcome, elapsed)
         if judged:
-            self._judge(track, outcome)
+            self._judge(track, outcome, share)
         return response, track
 
     # ---- the guard -------------------------------------------------------------------
-    def _judge(self, track: Track, outcome: str) -> None:
-        if self.guard.observe(track, outcome, time.time()):
+    def _judge(self, track: Track, outcome: str, share: float | None) -> None:
+        if self.guard.observe(track, outcome, time.time(), share):
             self._tripped()
         elif outcome in ("server_error", "unreachable"):
             self.metrics.guard_state(self.guard)
