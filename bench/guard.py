@@ -418,4 +418,24 @@ def section(
                 "met": not h["tripped"],
             }
         )
+    targets += local_targets(rollback)
     return {**result, "summary": summary, "markdown": lines, "targets": targets}
+
+
+def local_targets(rollback: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Local mode (operator + router + Prometheus): the rollback section's guard variant."""
+    rows = [t for t in (rollback or {}).get("trials", []) if t["variant"] == "guard"]
+    if not rows:
+        return []
+    worst_s = max(t["seconds_to_zero"] for t in rows)
+    worst_bad = max(t["bad_answers"] for t in rows)
+    return [
+        {
+            "target": "local mode: canary failing 50% at 40 req/s, 10% weight, at weight 0 in the "
+            "operator's table within 5 s of first getting weight, <= 10 bad answers (worst trial)",
+            "measured": f"{worst_s:.1f} s, {worst_bad} bad answers ({len(rows)} trials)",
+            "met": worst_s <= 5
+            and worst_bad <= 10
+            and all(t["outcome"] == "rolledBack" for t in rows),
+        }
+    ]
