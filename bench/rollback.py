@@ -105,8 +105,8 @@ def router_counts(router_url: str) -> dict[tuple[str, str], float]:
 
 
 def _canary_weight(session: LocalSession) -> int:
-    table = session.router.get_routes() or {}
-    return int((table.get("weights") or {}).get("canary", 0))
+    table = session.router.get_routes()
+    return table.canary_weight if table else 0
 
 
 def run_trial(
