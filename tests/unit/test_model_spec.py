@@ -125,6 +125,18 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "window must be longer than 0s",
     ),
     (
+        with_(rollout={"analysis": {"stepDeadline": "0s"}}),
+        "analysis.stepDeadline must be longer than 0s",
+        "stepDeadline must be longer than 0s",
+    ),
+    # The agreement gate tests rows the router mirrors: without mirroring it would hold
+    # every step for ever.
+    (
+        with_(rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}}),
+        "needs traffic.agreement.percent > 0",
+        "the agreement gate needs traffic.agreement.percent > 0",
+    ),
+    (
         with_(rollout={"analysis": {"maxStaleness": "0m"}}),
         "analysis.maxStaleness must be longer than 0s",
         "maxStaleness must be longer than 0s",
