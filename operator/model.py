@@ -941,7 +941,7 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         },
         {
             "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "
-            "!has(self.agreement.percent) || self.agreement.percent == 0",
+            "!has(self.agreement.percent) || self.agreement.percent == 0.0",
             "message": "agreement needs the builtin router",
         },
     ],
