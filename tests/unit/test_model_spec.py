@@ -148,10 +148,12 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
     ),
     (with_(rollout={"steps": [{"weight": 101}]}), "less than or equal to 100", None),
     (with_(rollout={"steps": []}), "at least 1 item", None),
-    (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "pattern", None),
-    (with_(rollout={"analysis": {"interval": "30 seconds"}}), "pattern", None),
     (with_(model={**MODEL, "sha256": "abc"}), "pattern", None),
     (with_(serving={"replica": 2}), "Extra inputs are not permitted", None),
+    # Issue 13: a bad duration says what to write, not the regex.
+    (with_(rollout={"analysis": {"interval": "30 seconds"}}), "use e.g. 30s, 5m, 1h30m", None),
+    (with_(rollout={"progressDeadline": "10min"}), "use e.g. 30s, 5m, 1h30m", None),
+    (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "or 'manual'", None),
     (with_(notifications={"webhooks": [{"url": "ftp://x"}]}), "pattern", None),
     (
         with_(notifications={"webhooks": [{"url": "http://x", "events": ["started"]}]}),
@@ -347,3 +349,9 @@ def test_named_lists_are_list_maps_in_the_crd() -> None:
         assert field["x-kubernetes-list-type"] == "map"
         assert field["x-kubernetes-list-map-keys"] == ["name"]
         assert "name" in field["items"]["required"]
+
+
+def test_a_bad_duration_never_shows_the_regex() -> None:
+    with pytest.raises(ValidationError) as info:
+        m.ModelDeploymentSpec.model_validate(with_(rollout={"analysis": {"window": "2 min"}}))
+    assert "should match pattern" not in str(info.value)
