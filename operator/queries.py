@@ -21,6 +21,9 @@ DRIFT_WINDOWS = "driftWindows.canary"
 PREDICTION_BINS = "predictionBins.{track}"
 FEEDBACK = "feedback.{track}"
 CUSTOM = "custom.{name}"
+AGREEMENT = "agreement"
+# The router's paired comparisons, per row (docs/metrics.md).
+AGREEMENT_SERIES = "mlrollout_router_agreement_total"
 STABLE_DRIFT_PSI = "stableDrift.psi"
 STABLE_DRIFT_ALARM = "stableDrift.alarm"
 
@@ -76,52 +79,30 @@ def freshness_query(analysis: Analysis, canary_selector: str) -> str:
 
 
 def analysis_queries(
-    analysis: Analysis, deployment: str, namespace: str, stable_version: str, canary_version: str
+    analysis: Analysis,
+    deployment: str,
+    namespace: str,
+    stable_version: str,
+    canary_version: str,
+    *,
+    step_seconds: float = 0.0,
+    rollout_seconds: float = 0.0,
+    steps: int = 1,
 ) -> dict[str, str]:
-    """Every query one analysis run needs, by name."""
-    window = promql_duration(analysis.window)
-    versions = {"stable": stable_version, "canary": canary_version}
-    metrics = analysis.metrics
-    out: dict[str, str] = {}
+    """Every query one analysis run needs, by name (each check says which it needs)."""
+    from mlrollout.operator.decide import checks  # the checks build on this module
 
-    def sel(track: str) -> str:
-        return selector(deployment, namespace, versions[track])
-
-    canary = sel("canary")
-    out[FRESHNESS] = freshness_query(analysis, canary)
-    for track in ("stable", "canary"):
-        base = sel(track)[:-1] + "," + _regex("endpoint", PREDICT_ENDPOINTS) + "}"
-        out[REQUESTS.format(track=track)] = (
-            f"sum(increase(mlrollout_model_requests_total{base}[{window}]))"
-        )
-        errors = base[:-1] + ',outcome="server_error"}'
-        out[ERRORS.format(track=track)] = (
-            f"sum(increase(mlrollout_model_requests_total{errors}[{window}]))"
-        )
-        if metrics.latency.enabled:
-            out[LATENCY.format(track=track)] = (
-                f"histogram_quantile({metrics.latency.quantile}, sum by (le) "
-                f"(increase(mlrollout_model_request_duration_seconds_bucket{base}[{window}])))"
-            )
-        if metrics.input_drift is not None and metrics.input_drift.enabled:
-            out[INPUT_PSI.format(track=track)] = (
-                f"max by (feature) (mlrollout_drift_psi{sel(track)})"
-            )
-        if metrics.prediction_drift is not None and metrics.prediction_drift.enabled:
-            out[PREDICTION_BINS.format(track=track)] = (
-                f"sum by (bin) (increase(mlrollout_prediction_bin_total{sel(track)}[{window}]))"
-            )
-        if metrics.feedback_accuracy is not None and metrics.feedback_accuracy.enabled:
-            out[FEEDBACK.format(track=track)] = (
-                f"sum by (outcome) (increase(mlrollout_feedback_total{sel(track)}[{window}]))"
-            )
-    if metrics.input_drift is not None and metrics.input_drift.enabled:
-        out[DRIFT_WINDOWS] = f"sum(mlrollout_drift_windows_total{canary})"
-    for check in metrics.custom:
-        out[CUSTOM.format(name=check.name)] = render_custom(
-            check.query, deployment=deployment, namespace=namespace, version=canary_version
-        )
-    return out
+    ctx = checks.Context(
+        analysis=analysis,
+        deployment=deployment,
+        namespace=namespace,
+        stable_version=stable_version,
+        canary_version=canary_version,
+        step_seconds=step_seconds,
+        rollout_seconds=rollout_seconds,
+        steps=steps,
+    )
+    return checks.plan(ctx)
 
 
 def stable_drift_queries(deployment: str, namespace: str, stable_version: str) -> dict[str, str]:

@@ -27,10 +27,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+# Eight buckets per doubling (edges 1.09x apart, 0.1 ms to 10 s): the operator bounds a
+# latency quantile between bucket edges, and the bounds of both versions must fit inside
+# the ratio it gates on (maxRatio 1.5 leaves room for about two buckets either side).
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    *(float(f"{0.0001 * 2 ** (k / 8):.3g}") for k in range(133)),
+    10.0,
+)
 ENDPOINTS: tuple[str, ...] = ("predict", "infer", "feedback")
 OUTCOMES: tuple[str, ...] = ("ok", "client_error", "server_error")
 FEEDBACK_OUTCOMES: tuple[str, ...] = ("correct", "incorrect", "unmatched")

@@ -200,6 +200,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     if isinstance(source, ConfigMapSource):
         router.on_trip = _report_trips(source)
+        source.on_guard = router.adopt_trip  # other replicas' trips, and ours after a restart
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())

@@ -46,7 +46,9 @@ FAST_ANALYSIS: dict[str, Any] = {
     "maxStaleness": "10s",
     "onProviderError": {"action": "hold", "maxHold": "5m"},
     "metrics": {
-        "errorRate": {"max": 0.05},
+        # Promotion needs a bound of the error-rate increase within maxIncrease: 0.05 is
+        # shown by ~200 clean canary requests (the default 0.01 needs ~1000).
+        "errorRate": {"max": 0.05, "maxIncrease": 0.05},
         "latency": {"maxSeconds": 2.0, "maxRatio": None},  # 2 shared cores: ratios are noise
         # Servers close a drift window every 1000 rows; batched traffic fills one in seconds.
         "inputDrift": {"maxPsiIncrease": 0.2},

@@ -149,3 +149,23 @@ def test_every_installed_module_says_what_it_is() -> None:
         if not archdoc.summary(path)
     ]
     assert missing == [], f"modules without a docstring: {missing}"
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """Seven people merge into one branch here; a conflict resolved by committing both
+    sides once reached the architecture page."""
+    markers = ("<<<<<<< ", ">>>>>>> ")
+    found = []
+    for folder in ("operator", "services", "tests", "bench", "tools", "docs", "helm", "crds"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix not in {".py", ".md", ".yaml", ".yml", ".toml", ".json", ".tpl"}:
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if line.startswith(markers):
+                    found.append(f"{path.relative_to(ROOT)}:{n}")
+    for name in ("README.md", "Makefile", "pyproject.toml"):
+        text = (ROOT / name).read_text()
+        found += [
+            f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if line.startswith(markers)
+        ]
+    assert found == [], f"merge conflict markers: {found}"

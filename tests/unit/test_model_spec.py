@@ -51,6 +51,11 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "a step with weight 0 needs traffic.shadowPercent > 0",
     ),
     (
+        with_(notifications={"webhooks": [{"url": "http://127.0.0.1:9/h", "timeout": "2m"}]}),
+        "timeout must be in (0s, 30s]",
+        "timeout must be in (0s, 30s]",
+    ),
+    (
         with_(traffic={"router": "gatewayAPI"}),
         "gateway is required",
         "gateway is required when router is gatewayAPI",
@@ -120,6 +125,18 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "window must be longer than 0s",
     ),
     (
+        with_(rollout={"analysis": {"stepDeadline": "0s"}}),
+        "analysis.stepDeadline must be longer than 0s",
+        "stepDeadline must be longer than 0s",
+    ),
+    # The agreement gate tests rows the router mirrors: without mirroring it would hold
+    # every step for ever.
+    (
+        with_(rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}}),
+        "needs traffic.agreement.percent > 0",
+        "the agreement gate needs traffic.agreement.percent > 0",
+    ),
+    (
         with_(rollout={"analysis": {"maxStaleness": "0m"}}),
         "analysis.maxStaleness must be longer than 0s",
         "maxStaleness must be longer than 0s",
@@ -135,6 +152,12 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
     (with_(rollout={"analysis": {"interval": "30 seconds"}}), "pattern", None),
     (with_(model={**MODEL, "sha256": "abc"}), "pattern", None),
     (with_(serving={"replica": 2}), "Extra inputs are not permitted", None),
+    (with_(notifications={"webhooks": [{"url": "ftp://x"}]}), "pattern", None),
+    (
+        with_(notifications={"webhooks": [{"url": "http://x", "events": ["started"]}]}),
+        "'rolloutStarted', 'promoted', 'rolledBack' or 'stableDrift'",
+        None,
+    ),
     ({"model": {"name": "fraud"}}, "Field required", None),
     (
         with_(rollout={"analysis": {"onProviderError": {"action": "ignore"}}}),

@@ -22,7 +22,7 @@ from tests.doubles.decide import (
 
 KEY = DeploymentKey("team-a", "fraud")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-HEALTHY = TrackTraffic(requests=1000, errors=1)
+HEALTHY = TrackTraffic(requests=5000, errors=1)
 
 
 def spec(version: str = "v1", **rollout: Any) -> dict[str, Any]:
@@ -145,6 +145,7 @@ def test_offline_provider_is_not_queried_and_holds() -> None:
     loop.metrics.calls.clear()
     loop.metrics.online = False
     loop.feed(spec("v2"), "v1", "v2", HEALTHY)
+    loop.run(spec("v2"))  # the canary's step starts: nothing to judge yet
     result = loop.run(spec("v2"))
     assert loop.metrics.calls == []
     verdicts = result.status["analysis"]["verdicts"]
@@ -163,6 +164,7 @@ def test_a_failing_query_is_a_provider_error_not_a_crash() -> None:
     loop.metrics.load(
         planned, results_for(planned, HEALTHY, HEALTHY, failing=frozenset({"latency.canary"}))
     )
+    loop.run(raw)  # the canary's step starts: nothing to judge yet
     result = loop.run(raw)
     outcomes = {v["check"]: v["outcome"] for v in result.status["analysis"]["verdicts"]}
     assert outcomes["latency"] == "providerError" and outcomes["errorRate"] == "pass"

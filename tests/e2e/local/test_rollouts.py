@@ -95,7 +95,8 @@ def test_killed_canary_loses_no_request_and_is_rolled_back(stack: Stack) -> None
     status = stack.drive(finished("v1-killed"), 90, "killed canary outcome")
     report = stop_loadgen(session, probe, report_path)
     assert outcome_of(status, "v1-killed") == "rolledBack"
-    assert "progressDeadline" in _history_reason(status, "v1-killed")
+    # Issue 11: rolled back at once (the process is gone), not at progressDeadline.
+    assert "gone" in _history_reason(status, "v1-killed")
     assert report["sent"] > 100
     assert report["failed"] == 0, report
 
