@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import mlrollout.operator.decide.analysis as verdicts
+import mlrollout.operator.decide.checks as checks
+import mlrollout.operator.decide.guard as guard
 from mlrollout.operator import queries
-from mlrollout.operator.decide import analysis as verdicts
-from mlrollout.operator.decide import checks, guard
 from mlrollout.operator.decide.conditions import set_condition
 from mlrollout.operator.decide.lifecycle import (
     Counter,

@@ -131,7 +131,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds to let requests in flight finish after SIGTERM",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
     )
 
 
