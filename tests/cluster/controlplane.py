@@ -380,7 +380,10 @@ class ControlPlane:
             self._mark("kube-apiserver ready", t0)
             self._start_controllers()
             self._create_nodes()
-            self.wait_ready(timeout)
+            deadline = time.monotonic() + timeout
+            self._until(deadline, "fake nodes Ready", self._nodes_ready)
+            self._mark("kwok nodes Ready", t0)
+            self._until(deadline, "ServiceAccount default/default", self._default_sa)
             self._mark("ready", t0)
         except BaseException:
             self.stop()
@@ -396,6 +399,26 @@ class ControlPlane:
         _RUNNING.discard(self)
         if self._own_workdir and os.environ.get("MLROLLOUT_KEEP_LOGS") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def idle_usage(self, seconds: float) -> dict[str, dict[str, float]]:
+        """CPU (% of one core) and RSS (MB) of each component over ``seconds`` (Linux)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        before = {n: cpu(p.popen.pid) for n, p in self._processes.items()}
+        time.sleep(seconds)
+        out = {}
+        for name, proc in self._processes.items():
+            status = Path(f"/proc/{proc.popen.pid}/status").read_text()
+            rss_kb = next(
+                int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS")
+            )
+            used = cpu(proc.popen.pid) - before[name]
+            out[name] = {"cpu_percent": round(100 * used / seconds, 1), "rss_mb": rss_kb // 1024}
+        return out
 
     def logs(self) -> dict[str, Path]:
         return {name: p.log for name, p in self._processes.items()}
@@ -857,6 +880,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time", action="store_true", help="start, print start-up timings as JSON, stop"
     )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --time: also measure CPU and RSS of each component while idle",
+    )
     args = parser.parse_args(argv)
     missing = missing_binaries()
     if missing:
@@ -866,7 +896,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp.start()
         if args.time:
-            print(json.dumps({"startup_seconds": round(cp.startup_seconds, 2), **cp.timings}))
+            report: dict[str, Any] = {"startup_seconds": round(cp.startup_seconds, 2)}
+            report |= cp.timings
+            if args.idle:
+                report["idle"] = cp.idle_usage(args.idle)
+            print(json.dumps(report))
             return 0
         here = Path(__file__).resolve().parents[2]
         print(
@@ -877,9 +911,9 @@ Kubernetes v{KUBE_VERSION} is up at {cp.server} ({cp.startup_seconds:.1f} s), {a
   export PATH={cp.bin_dir}:$PATH
   kubectl get nodes
   kubectl apply -f {here / "crds"}
-  kubectl apply -k {here / "manifests"}      # the operator as the cluster would run it
-  kopf run -m mlrollout.operator.main --all-namespaces      # or run it here, as admin
-  kubectl apply -f {here / "examples"}/...                  # then a ModelDeployment
+  kubectl apply -k {here / "manifests"}      # the operator's RBAC and Deployment (its pod never runs)
+  {here / ".venv/bin/kopf"} run -m mlrollout.operator.main --all-namespaces   # the operator, here
+  kubectl apply -f {here / "examples/first-deployment.yaml"}
   kubectl get md
 
 Logs: {cp.workdir / "logs"}   Pods never run containers (kwok marks them Ready).
