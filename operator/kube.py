@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 import kubernetes
 import urllib3
+from mlrollout.operator.api import API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -122,8 +123,8 @@ RESOURCES: dict[str, Resource] = {
     # kopf lists and watches them, patches its annotations (progress, last-handled
     # configuration) on the object and the status through the status subresource.
     "ModelDeployment": Resource(
-        "mlrollout.io/v1alpha1",
-        "modeldeployments",
+        API_VERSION,
+        PLURAL,
         verbs=_verbs("list", "watch", "patch"),
         status_verbs=_verbs("patch"),
     ),
