@@ -250,10 +250,13 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies (Linux only)."""
+    """Runs in the child before exec: SIGKILL it when the parent dies (Linux only).
+
+    SIGKILL, not SIGTERM: a kube-apiserver told to stop after etcd went away waits for
+    etcd indefinitely. Only the temp dir is left then; the next start removes it."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Process:
@@ -292,6 +295,22 @@ class _Process:
             self.popen.wait(5)
 
 
+OWNER_FILE = "owner.pid"
+WORKDIR_PREFIX = "mlrollout-kube-"
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Temp dirs of control planes whose Python process was killed outright (SIGKILL: no
+    atexit ran; PDEATHSIG stopped the components but nothing removed their files)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 _RUNNING: set[ControlPlane] = set()
 _HOOKS_INSTALLED = False
 
@@ -317,8 +336,9 @@ def _install_exit_hooks() -> None:
             _stop_all()
             if callable(previous):
                 previous(signum, frame)
-            elif previous != signal.SIG_IGN:
-                raise SystemExit(128 + signum)
+            elif previous != signal.SIG_IGN:  # die of the signal, as without this handler
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
 
         signal.signal(sig, handler)
 
@@ -340,7 +360,7 @@ class ControlPlane:
         self.bin_dir = bin_dir
         self.nodes = nodes
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mlrollout-kube-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self._log = log or (lambda _msg: None)
         self._processes: dict[str, _Process] = {}
         self._sa_kubeconfigs: dict[tuple[str, str], Path] = {}
@@ -369,6 +389,9 @@ class ControlPlane:
                 f"missing {', '.join(missing)} in {self.bin_dir}: run `make kube-bins`"
             )
         _install_exit_hooks()
+        _remove_orphaned_workdirs()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         _RUNNING.add(self)
         t0 = time.monotonic()
         try:
