@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +74,7 @@ def local_run(tmp_path: Path) -> tuple[Path, Path, Scenario]:
             )
             + "\n"
             for e in s.events
-        )  # fmt: skip
+        )
         + "not json, a torn line\n"
     )
     return path, run_dir, s
@@ -137,15 +138,27 @@ def test_get_watch_prints_until_interrupted(tmp_path: Path) -> None:
          "--local", str(run_dir), "--interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.start()
+
+    def blocks() -> int:
+        return sum(ln.startswith("Name:") for ln in list(lines))
+
     try:
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while blocks() < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
         state = json.loads((run_dir / "state.json").read_text())
         state["status"]["phase"] = "Paused"  # a change shows up as a new block
         (run_dir / "state.json").write_text(json.dumps(state))
-        time.sleep(2)
+        while blocks() < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
+        reader.join(10)
+    out = "".join(lines)
     assert proc.returncode == 130, err
     assert out.count("Name:        fraud") >= 2 and "Paused" in out
 
