@@ -271,6 +271,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("drift", "Drift tracking cost"),
         ("rollback", "Rollback: time to weight 0 and blast radius"),
         ("guard", "Router guard and paired agreement"),
+        ("decision", "Decision quality: sequential analysis vs per-interval policies (simulated)"),
         ("operator", "Operator at scale"),
     ):
         section = results.get(key)
