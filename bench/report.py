@@ -274,6 +274,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("guard", "Router guard and paired agreement"),
         ("decision", "Decision quality: sequential analysis vs per-interval policies (simulated)"),
         ("operator", "Operator at scale"),
+        ("controlplane", "Test control plane: build, start-up, idle"),
     ):
         section = results.get(key)
         if section:

@@ -147,7 +147,7 @@ def _run_due(uid: str) -> None:
 async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     global _deps, _pacer, _pacer_task
     configure_kopf(settings, SETTINGS)
-    kube = Kube.from_environment(timeout=SETTINGS.api_timeout)
+    kube = Kube.from_environment(timeout=SETTINGS.api_timeout, declared_only=True)
     _pacer = Pacer(_run_due, workers=DUE_THREADS)
     _deps = Deps(
         settings=SETTINGS,

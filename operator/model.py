@@ -57,6 +57,27 @@ def _duration(value: str) -> str:
     return value
 
 
+def _pause(value: str) -> str:
+    if value != MANUAL and not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(
+            f"invalid pause {value!r}: use a duration (e.g. 30s, 5m, 1h30m) or 'manual'"
+        )
+    return value
+
+
+# A duration field: the CRD keeps the pattern (the API server checks it); local mode and the
+# operator say what to write ("use e.g. 30s, 5m, 1h30m") instead of showing the regex.
+Duration = Annotated[
+    str,
+    AfterValidator(_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+]
+PAUSE_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|manual)$"
+Pause = Annotated[
+    str, AfterValidator(_pause), WithJsonSchema({"type": "string", "pattern": PAUSE_PATTERN})
+]
+
+
 class _Spec(BaseModel):
     # Unknown fields are an error: in local mode a typo must not be silently ignored
     # (the API server prunes them anyway).
@@ -282,9 +303,8 @@ class Step(_Spec):
             "(needs traffic.shadowPercent > 0)."
         ),
     )
-    pause: str | None = Field(
+    pause: Pause | None = Field(
         default=None,
-        pattern=r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|manual)$",
         description=(
             "Least time at this weight (e.g. 30s, 5m), counted from the step's start; the "
             "step also needs a passing analysis run. Absent: advance as soon as analysis "
@@ -309,9 +329,8 @@ class OnProviderError(_Spec):
             "Never promotes."
         ),
     )
-    max_hold: str = Field(
+    max_hold: Duration = Field(
         default="10m",
-        pattern=DURATION_PATTERN,
         description="How long provider errors may last before the action's consequence.",
     )
 
@@ -487,17 +506,15 @@ class Metrics(_Spec):
 
 
 class Analysis(_Spec):
-    interval: str = Field(
+    interval: Duration = Field(
         default="30s",
-        pattern=DURATION_PATTERN,
         description=(
             "Time between analysis runs. The sequential tests may run as often as you like "
             "without raising the false-rollback probability: shorter acts sooner."
         ),
     )
-    window: str = Field(
+    window: Duration = Field(
         default="2m",
-        pattern=DURATION_PATTERN,
         description=(
             "Deprecated and ignored: the tests use all counts since the step (or the "
             "rollout) began. Kept so that existing specs stay valid."
@@ -540,9 +557,8 @@ class Analysis(_Spec):
             "canary back. Sequential checks roll back on their first crossing."
         ),
     )
-    step_deadline: str = Field(
+    step_deadline: Duration = Field(
         default="10m",
-        pattern=DURATION_PATTERN,
         description=(
             "How long a step may go without evidence either way before onInconclusive "
             "applies (counted from the step's start)."
@@ -559,9 +575,8 @@ class Analysis(_Spec):
     on_provider_error: OnProviderError = Field(
         default_factory=OnProviderError, description="What to do when Prometheus cannot answer."
     )
-    max_staleness: str = Field(
+    max_staleness: Duration = Field(
         default="2m",
-        pattern=DURATION_PATTERN,
         description="Metrics older than this count as a provider error (scraping stopped).",
     )
     metrics: Metrics = Field(default_factory=Metrics, description="The checks to run.")
@@ -587,9 +602,8 @@ class Rollout(_Spec):
         max_length=20,
         description="Canary weights, in order; after the last step the canary is promoted.",
     )
-    progress_deadline: str = Field(
+    progress_deadline: Duration = Field(
         default="10m",
-        pattern=DURATION_PATTERN,
         description=(
             "How long a revision may stay not ready. A canary past it is rolled back; a first "
             "deployment past it turns Degraded."
@@ -794,9 +808,8 @@ class Webhook(_Spec):
         min_length=1,
         description="Which events to send: rolloutStarted, promoted, rolledBack, stableDrift.",
     )
-    timeout: str = Field(
+    timeout: Duration = Field(
         default="5s",
-        pattern=DURATION_PATTERN,
         description="Longest wait for the endpoint per event (at most 30s); never delays a rollout.",
     )
 
@@ -928,7 +941,7 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
         },
         {
             "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "
-            "!has(self.agreement.percent) || self.agreement.percent == 0",
+            "!has(self.agreement.percent) || self.agreement.percent == 0.0",
             "message": "agreement needs the builtin router",
         },
     ],

@@ -8,6 +8,7 @@ query has a fixed name; ``decide/analysis.py`` reads results back by these names
 from __future__ import annotations
 
 from mlrollout.operator.model import Analysis, parse_duration
+from mlrollout.services import metric_names as n
 
 # Endpoints that carry model traffic; feedback calls are not predictions.
 PREDICT_ENDPOINTS = "predict|infer"
@@ -23,7 +24,7 @@ FEEDBACK = "feedback.{track}"
 CUSTOM = "custom.{name}"
 AGREEMENT = "agreement"
 # The router's paired comparisons, per row (docs/metrics.md).
-AGREEMENT_SERIES = "mlrollout_router_agreement_total"
+AGREEMENT_SERIES = n.total(n.ROUTER_AGREEMENT)
 STABLE_DRIFT_PSI = "stableDrift.psi"
 STABLE_DRIFT_ALARM = "stableDrift.alarm"
 
@@ -74,41 +75,14 @@ def freshness_query(analysis: Analysis, canary_selector: str) -> str:
     staleness = parse_duration(analysis.max_staleness)
     horizon = max(3600, round(parse_duration(analysis.on_provider_error.max_hold) + 2 * staleness))
     step = min(30, max(1, round(staleness / 4)))
-    ready = f"timestamp(mlrollout_model_ready{canary_selector})"
+    ready = f"timestamp({n.MODEL_READY}{canary_selector})"
     return f"time() - max({ready} or max_over_time({ready}[{horizon}s:{step}s]))"
-
-
-def analysis_queries(
-    analysis: Analysis,
-    deployment: str,
-    namespace: str,
-    stable_version: str,
-    canary_version: str,
-    *,
-    step_seconds: float = 0.0,
-    rollout_seconds: float = 0.0,
-    steps: int = 1,
-) -> dict[str, str]:
-    """Every query one analysis run needs, by name (each check says which it needs)."""
-    from mlrollout.operator.decide import checks  # the checks build on this module
-
-    ctx = checks.Context(
-        analysis=analysis,
-        deployment=deployment,
-        namespace=namespace,
-        stable_version=stable_version,
-        canary_version=canary_version,
-        step_seconds=step_seconds,
-        rollout_seconds=rollout_seconds,
-        steps=steps,
-    )
-    return checks.plan(ctx)
 
 
 def stable_drift_queries(deployment: str, namespace: str, stable_version: str) -> dict[str, str]:
     """Input drift of the stable revision, reported as a condition (never a gate)."""
     sel = selector(deployment, namespace, stable_version)
     return {
-        STABLE_DRIFT_PSI: f"max by (feature) (mlrollout_drift_psi{sel})",
-        STABLE_DRIFT_ALARM: f"max by (feature) (mlrollout_drift_alarm{sel})",
+        STABLE_DRIFT_PSI: f"max by (feature) ({n.DRIFT_PSI}{sel})",
+        STABLE_DRIFT_ALARM: f"max by (feature) ({n.DRIFT_ALARM}{sel})",
     }

@@ -1,5 +1,6 @@
-"""The model server's Prometheus metric names, defined once: ``metrics.py`` exposes them and
-the operator's PromQL (``operator/queries.py``) reads them, so a rename cannot drift.
+"""The Prometheus metric names the operator reads, defined once: the model server
+(``metrics.py``) and the router (``router/metrics.py``) expose them, the operator's PromQL
+(``operator/queries.py``, ``decide/checks.py``) reads them, so a rename cannot drift.
 
 Counters are named without ``_total`` (``prometheus_client`` adds it on exposition); the
 series a query selects are ``total(NAME)`` and, for histograms, ``bucket(NAME)``.
@@ -32,6 +33,9 @@ DRIFT_WINDOWS = "mlrollout_drift_windows"  # counter
 PREDICTION_BIN = "mlrollout_prediction_bin"  # counter: bin
 PREDICTION_PSI = "mlrollout_prediction_psi"  # gauge
 PREDICTION_DRIFT_ALARM = "mlrollout_prediction_drift_alarm"  # gauge
+
+# The router's series the operator reads (the rest are in services/router/metrics.py).
+ROUTER_AGREEMENT = "mlrollout_router_agreement"  # counter: source, result
 
 
 def total(counter: str) -> str:

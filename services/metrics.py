@@ -227,7 +227,7 @@ class _ServerCollector(Collector):
             used, capacity = m.feedback_store_bytes()
             store = GaugeMetricFamily(
                 n.FEEDBACK_STORE_BYTES,
-                "Bytes of predictions kept for feedback (bound: mlrollout_feedback_store_capacity_bytes).",
+                f"Bytes of predictions kept for feedback (bound: {n.FEEDBACK_STORE_CAPACITY_BYTES}).",
                 labels=names,
             )
             store.add_metric(base, used)

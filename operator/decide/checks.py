@@ -27,17 +27,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import mlrollout.operator.decide.sequential as seq
 import numpy as np
 from mlrollout.operator import queries as q
-from mlrollout.operator.decide import sequential as seq
 from mlrollout.operator.interfaces import ProviderError, Sample
 from mlrollout.operator.model import Analysis, Verdict, parse_duration
+from mlrollout.services import metric_names as n
 from mlrollout.services import sequential as shared
 
 Results = Mapping[str, Sequence[Sample] | ProviderError]
 
 STEP = "step"
 ROLLOUT = "rollout"
+REQUESTS_TOTAL = n.total(n.MODEL_REQUESTS)
 
 
 class Unavailable(Exception):
@@ -153,10 +155,10 @@ def request_queries(ctx: Context) -> dict[str, str]:
         for scope in (STEP, ROLLOUT):
             rng = ctx.range(scope)
             out[q.REQUESTS.format(track=track) + "@" + scope] = (
-                f"sum(increase(mlrollout_model_requests_total{base}{rng}))"
+                f"sum(increase({REQUESTS_TOTAL}{base}{rng}))"
             )
             out[q.ERRORS.format(track=track) + "@" + scope] = (
-                f"sum(increase(mlrollout_model_requests_total{errors}{rng}))"
+                f"sum(increase({REQUESTS_TOTAL}{errors}{rng}))"
             )
     return out
 
@@ -344,7 +346,7 @@ class Latency:
         rng = ctx.range(STEP)
         return {
             q.LATENCY.format(track=track): (
-                "sum by (le) (increase(mlrollout_model_request_duration_seconds_bucket"
+                f"sum by (le) (increase({n.bucket(n.MODEL_REQUEST_DURATION)}"
                 f"{ctx.predict_selector(track)}{rng}))"
             )
             for track in ("stable", "canary")
@@ -467,7 +469,7 @@ class PredictionDrift:
         rng = ctx.range(ROLLOUT)
         return {
             q.PREDICTION_BINS.format(track=track): (
-                f"sum by (bin) (increase(mlrollout_prediction_bin_total{ctx.selector(track)}{rng}))"
+                f"sum by (bin) (increase({n.total(n.PREDICTION_BIN)}{ctx.selector(track)}{rng}))"
             )
             for track in ("stable", "canary")
         }
@@ -530,7 +532,7 @@ class FeedbackAccuracy:
         rng = ctx.range(ROLLOUT)
         return {
             q.FEEDBACK.format(track=track): (
-                f"sum by (outcome) (increase(mlrollout_feedback_total{ctx.selector(track)}{rng}))"
+                f"sum by (outcome) (increase({n.total(n.FEEDBACK)}{ctx.selector(track)}{rng}))"
             )
             for track in ("stable", "canary")
         }
@@ -679,10 +681,10 @@ class InputDrift:
         out = {
             q.INPUT_PSI.format(
                 track=track
-            ): f"max by (feature) (mlrollout_drift_psi{ctx.selector(track)})"
+            ): f"max by (feature) ({n.DRIFT_PSI}{ctx.selector(track)})"
             for track in ("stable", "canary")
         }
-        out[q.DRIFT_WINDOWS] = f"sum(mlrollout_drift_windows_total{ctx.selector('canary')})"
+        out[q.DRIFT_WINDOWS] = f"sum({n.total(n.DRIFT_WINDOWS)}{ctx.selector('canary')})"
         return out
 
     def judge(self, ctx: Context, results: Results, risk: Risk) -> Verdict:
@@ -790,6 +792,31 @@ def plan(ctx: Context) -> dict[str, str]:
     for check in enabled_checks(ctx.analysis):
         out.update(check.queries(ctx))
     return out
+
+
+def analysis_queries(
+    analysis: Analysis,
+    deployment: str,
+    namespace: str,
+    stable_version: str,
+    canary_version: str,
+    *,
+    step_seconds: float = 0.0,
+    rollout_seconds: float = 0.0,
+    steps: int = 1,
+) -> dict[str, str]:
+    """Every query one analysis run needs, by name (each check says which it needs)."""
+    ctx = Context(
+        analysis=analysis,
+        deployment=deployment,
+        namespace=namespace,
+        stable_version=stable_version,
+        canary_version=canary_version,
+        step_seconds=step_seconds,
+        rollout_seconds=rollout_seconds,
+        steps=steps,
+    )
+    return plan(ctx)
 
 
 def evaluate(ctx: Context, results: Results) -> list[Verdict]:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import mlrollout.operator.decide.analysis as verdicts
+import mlrollout.operator.decide.checks as checks
+import mlrollout.operator.decide.guard as guard
 from mlrollout.operator import queries
-from mlrollout.operator.decide import analysis as verdicts
-from mlrollout.operator.decide import checks, guard
 from mlrollout.operator.decide.conditions import set_condition
 from mlrollout.operator.decide.lifecycle import (
     Counter,
@@ -182,6 +183,9 @@ def decide(
         requeue = min(requeue, _settle(w, spec))
     else:
         requeue = min(requeue, _progress(w, spec, observations))
+    if st.canary is not None and guard.watching(spec):
+        # The router may take the canary off at any moment; record it soon after.
+        requeue = min(requeue, guard.RECHECK_SECONDS)
     _conditions(w)
     st.step = (
         f"{min(st.current_step, len(spec.rollout.steps) - 1) + 1}/{len(spec.rollout.steps)}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlrollout.operator import queries as q
+from mlrollout.operator.decide import checks
 from mlrollout.operator.model import Analysis
 
 FULL = Analysis.model_validate(
@@ -34,7 +35,7 @@ FULL = Analysis.model_validate(
 
 
 def _all() -> dict[str, str]:
-    out = q.analysis_queries(
+    out = checks.analysis_queries(
         FULL, "fraud", "team-a", "v1", "v2", step_seconds=42.3, rollout_seconds=90
     )
     out.update(q.stable_drift_queries("fraud", "team-a", "v1"))
@@ -91,7 +92,7 @@ def test_agreement_reads_the_routers_mirrored_comparisons() -> None:
 
 def test_only_enabled_checks_are_queried() -> None:
     minimal = Analysis.model_validate({"metrics": {"latency": {"enabled": False}}})
-    names = set(q.analysis_queries(minimal, "d", "n", "v1", "v2"))
+    names = set(checks.analysis_queries(minimal, "d", "n", "v1", "v2"))
     assert names == {
         "freshness",
         *(

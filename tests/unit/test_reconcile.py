@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
+from mlrollout.operator.decide import checks
 from mlrollout.operator.interfaces import DeploymentKey, Event, RoutesChanged
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
@@ -44,7 +45,7 @@ class Loop:
 
     def feed(self, raw: dict[str, Any], stable: str, canary: str, traffic: TrackTraffic) -> None:
         analysis = ModelDeploymentSpec.model_validate(raw).rollout.analysis
-        planned = q.analysis_queries(analysis, KEY.name, KEY.namespace, stable, canary)
+        planned = checks.analysis_queries(analysis, KEY.name, KEY.namespace, stable, canary)
         planned.update(q.stable_drift_queries(KEY.name, KEY.namespace, stable))
         self.metrics.load(planned, results_for(planned, HEALTHY, traffic))
 
@@ -160,7 +161,7 @@ def test_a_failing_query_is_a_provider_error_not_a_crash() -> None:
     loop.feed(spec("v2"), "v1", "v2", HEALTHY)
     raw = spec("v2")
     analysis = ModelDeploymentSpec.model_validate(raw).rollout.analysis
-    planned = q.analysis_queries(analysis, KEY.name, KEY.namespace, "v1", "v2")
+    planned = checks.analysis_queries(analysis, KEY.name, KEY.namespace, "v1", "v2")
     loop.metrics.load(
         planned, results_for(planned, HEALTHY, HEALTHY, failing=frozenset({"latency.canary"}))
     )
