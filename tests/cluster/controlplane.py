@@ -540,6 +540,10 @@ class ControlPlane:
             server_ips=["127.0.0.1", str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))],
         )
         files |= {"apiserver.crt": cert, "apiserver.key": key}
+        # The aggregation layer's front proxy (what kubeadm sets up): without it the
+        # controllers' delegated authentication logs a missing CA bundle every 20 s.
+        cert, key = ca.issue("front-proxy-client")
+        files |= {"front-proxy-client.crt": cert, "front-proxy-client.key": key}
         sa_private, sa_public = _service_account_keys()
         files |= {"sa.key": sa_private, "sa.pub": sa_public}
         for name, data in files.items():
@@ -603,6 +607,13 @@ class ControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
