@@ -27,15 +27,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-GROUP = "mlrollout.io"
-VERSION = "v1alpha1"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
+from mlrollout.operator.api import API_VERSION, GROUP, KIND
+
 MANAGER = "mlrollout-operator"
 PART_OF = "mlrollout"
 SERVING_PORT = 8080
 ROUTER_PORT = 8080
 TABLE_KEY = "table.json"
+# The router writes its guard's report here (services/router/source.py GUARD_KEY).
+GUARD_KEY = "guard.json"
 
 LABEL_REVISION = f"{GROUP}/revision"
 LABEL_TRACK = f"{GROUP}/track"
@@ -70,7 +70,7 @@ class Owner:
 
     def reference(self) -> Obj:
         return {
-            "apiVersion": f"{GROUP}/{VERSION}",
+            "apiVersion": API_VERSION,
             "kind": KIND,
             "name": self.name,
             "uid": self.uid,
@@ -432,7 +432,8 @@ def routes_configmap(owner: Owner, table: Mapping[str, Any]) -> Obj:
 
 
 def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Obj]:
-    """Router Deployment plus the least RBAC it needs: read its own ConfigMap only."""
+    """Router Deployment plus the least RBAC it needs: read its own ConfigMap, and patch it
+    (the guard's report under ``guard.json``)."""
     md = owner.name
     name = check_name(f"{md}-router", "router name")
     cm = routes_configmap_name(md)
@@ -498,7 +499,7 @@ def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Ob
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [cm],
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["get", "list", "watch", "patch"],
             }
         ],
     }

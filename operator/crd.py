@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlrollout.operator import builders
+from mlrollout.operator import api, builders
 from mlrollout.operator import model as m
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
@@ -181,26 +181,26 @@ def crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{m.PLURAL}.{m.GROUP}",
+            "name": f"{api.PLURAL}.{api.GROUP}",
             "labels": {
                 "app.kubernetes.io/name": "mlrollout",
                 "app.kubernetes.io/part-of": "mlrollout",
             },
         },
         "spec": {
-            "group": m.GROUP,
+            "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": m.KIND,
-                "listKind": f"{m.KIND}List",
-                "plural": m.PLURAL,
-                "singular": m.KIND.lower(),
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.KIND.lower(),
                 "shortNames": ["md"],
                 "categories": ["mlrollout"],
             },
             "versions": [
                 {
-                    "name": m.VERSION,
+                    "name": api.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

@@ -37,7 +37,7 @@ from mlrollout.operator.interfaces import (
     Runtime,
     TrafficRouter,
 )
-from mlrollout.operator.model import Traffic
+from mlrollout.operator.model import HistoryEntry, Traffic
 from mlrollout.operator.reconcile import ReconcileResult, load_status, reconcile
 from mlrollout.operator.settings import OperatorSettings
 from pydantic import ValidationError
@@ -254,6 +254,7 @@ def _invalid(
         events=decision.events,
         requeue_after=decision.requeue_after,
         decision=decision,
+        state=decision.status,
     )
 
 
@@ -290,23 +291,23 @@ def _announce(old: Mapping[str, Any], result: ReconcileResult, emit: Emit) -> No
 
 
 def _measure(namespace: str, name: str, old: Mapping[str, Any], result: ReconcileResult) -> None:
-    weights = result.status.get("weights") or {}
-    phase = str(result.status.get("phase", ""))
-    opmetrics.observe(namespace, name, phase, int(weights.get("canary", 0)))
+    state = result.state
+    opmetrics.observe(namespace, name, str(state.phase), state.weights.canary)
     for counter in getattr(result.decision, "counters", ()):
         opmetrics.count(namespace, name, counter.name, counter.labels, counter.value)
-    seen = {_entry_key(e) for e in old.get("history") or []}
-    new = [e for e in result.status.get("history") or [] if _entry_key(e) not in seen]
+    # Only history entries this reconcile added count (the history is a bounded window).
+    seen = {_entry_key(e) for e in load_status(old).history} if old.get("history") else set()
+    new = [e for e in state.history if _entry_key(e) not in seen]
     opmetrics.outcomes(
         namespace,
         name,
-        promoted=sum(e.get("outcome") == "promoted" for e in new),
-        rolled_back=sum(e.get("outcome") == "rolledBack" for e in new),
+        promoted=sum(e.outcome == "promoted" for e in new),
+        rolled_back=sum(e.outcome == "rolledBack" for e in new),
     )
 
 
-def _entry_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(entry.get("revision")), str(entry.get("outcome")), str(entry.get("at")))
+def _entry_key(entry: HistoryEntry) -> tuple[str, str, datetime]:
+    return (entry.revision, entry.outcome, entry.at)
 
 
 def forget_object(deps: Deps, *, body: Mapping[str, Any]) -> None:

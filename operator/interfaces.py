@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from mlrollout.operator.model import ModelRef, Serving, Traffic
+from mlrollout.services.router.table import RoutingTable
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class RoutingInputs:
     traffic: Traffic
     revisions: Mapping[str, str] = field(default_factory=dict)  # role -> revision id
     versions: Mapping[str, str] = field(default_factory=dict)  # role -> model version
+    # More table keys for the router when there is a canary (``agreement``, ``guard``).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
@@ -89,12 +92,20 @@ class RoutesChanged(Exception):
 
 
 class TrafficRouter(Protocol):
-    def set_routes(self, table: dict[str, Any]) -> None:
+    """Every implementation takes and returns the router's own ``RoutingTable`` type: a
+    table is validated once, where it is built (``parse_table``), the same way the router
+    process validates what it reads."""
+
+    def set_routes(self, table: RoutingTable) -> None:
         """Put the routing table (docs/architecture.md) in force; raise on failure, and
         ``RoutesChanged`` when the table in force is no longer the one last read."""
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         """The routing table in force, or None when there is none yet."""
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """The router guard's report (with ``trip`` once it took the canary off), or None
+        when the router has none or cannot say (docs/routing.md, The router guard)."""
 
 
 class MetricsProvider(Protocol):

@@ -1,0 +1,1 @@
+"""The serving stack and the command line: model server, router, drift, metrics."""

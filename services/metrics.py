@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,8 @@ ENDPOINTS: tuple[str, ...] = ("predict", "infer", "feedback")
 OUTCOMES: tuple[str, ...] = ("ok", "client_error", "server_error")
 FEEDBACK_OUTCOMES: tuple[str, ...] = ("correct", "incorrect", "unmatched")
 LABEL_NAMES: tuple[str, ...] = ("deployment", "model", "version", "track")
+# Requests refused by the HTTP guard before any endpoint saw them (services/server/guard.py).
+HTTP_REFUSAL_REASONS: tuple[str, ...] = ("header_too_large", "header_timeout", "upgrade", "connect")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class ServerMetrics:
         self._feedback = [0] * len(FEEDBACK_OUTCOMES)
         # Regressors: rows scored, sum of |error|, sum of error^2 (MAE and RMSE over any range).
         self._regression = [0, 0.0, 0.0]
+        self._http_refusals = dict.fromkeys(HTTP_REFUSAL_REASONS, 0)
+        # Bytes the feedback store holds and may hold (set by the dataplane).
+        self.feedback_store_bytes: Callable[[], tuple[int, int]] | None = None
         self._ready = False
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ServerCollector(self))
@@ -105,6 +110,10 @@ class ServerMetrics:
         counts = np.bincount(class_indices, minlength=len(self._classes))
         with self._lock:
             self._predictions += counts[: len(self._classes)]
+
+    def count_http_refusal(self, reason: str) -> None:
+        with self._lock:
+            self._http_refusals[reason] += 1
 
     def count_feedback(self, correct: int, incorrect: int, unmatched: int) -> None:
         with self._lock:
@@ -162,6 +171,7 @@ class _ServerCollector(Collector):
             predictions = m._predictions.tolist()
             feedback = m._feedback[:]
             regression = m._regression[:]
+            refusals = dict(m._http_refusals)
 
         req = CounterMetricFamily(
             "mlrollout_model_requests",
@@ -196,6 +206,32 @@ class _ServerCollector(Collector):
         for reason, count in zip(m._reasons, violations, strict=True):
             viol.add_metric([*base, reason], count)
         yield viol
+
+        refused = CounterMetricFamily(
+            "mlrollout_model_http_refusals",
+            "Requests refused before reaching an endpoint (header size or time, upgrades).",
+            labels=[*names, "reason"],
+        )
+        for reason, count in refusals.items():
+            refused.add_metric([*base, reason], count)
+        yield refused
+
+        if m.feedback_store_bytes is not None:
+            used, capacity = m.feedback_store_bytes()
+            store = GaugeMetricFamily(
+                "mlrollout_feedback_store_bytes",
+                "Bytes of predictions kept for feedback (bound: mlrollout_feedback_store_capacity_bytes).",
+                labels=names,
+            )
+            store.add_metric(base, used)
+            yield store
+            cap = GaugeMetricFamily(
+                "mlrollout_feedback_store_capacity_bytes",
+                "The feedback store's byte bound (--feedback-bytes).",
+                labels=names,
+            )
+            cap.add_metric(base, capacity)
+            yield cap
 
         if m._classes:
             pred = CounterMetricFamily(

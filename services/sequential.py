@@ -46,8 +46,10 @@ from dataclasses import dataclass
 # that a canary erring on most of its requests (all errors the canary's) is found with
 # close to the best possible evidence, 1 / p0 per error.
 DEFAULT_RATIOS: tuple[float, ...] = (1.25, 1.6, 2.5, 4.0, 10.0, 40.0, 250.0, 1e4)
-# The router guard acts on gross failures only; finer effects are the operator's analysis.
-GUARD_RATIOS: tuple[float, ...] = (2.0, 4.0, 10.0, 100.0, 1e4)
+# The router guard acts on gross failures only (a canary erring 4x as often as stable or
+# worse); finer effects are the operator's analysis. Few components, so each keeps a large
+# weight: at 10 % traffic three canary errors in a row cross even at alpha 0.0025.
+GUARD_RATIOS: tuple[float, ...] = (4.0, 30.0, 1e4)
 
 
 def _check_grid(ratios: Sequence[float]) -> None:

@@ -10,16 +10,15 @@ stays the source of truth and ``dev`` picks the change up as it would an editor'
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlrollout.operator.api import GROUP
 from mlrollout.operator.ctl import yamledit
 from mlrollout.operator.ctl.view import EventRecord, Snapshot, parse_time
 from mlrollout.operator.kube import Kube, KubeError
-from mlrollout.operator.model import GROUP
+from mlrollout.services.osutil import write_atomic
 
 EVENTS_KEPT = 20
 
@@ -159,17 +158,6 @@ def read_jsonl(path: Path, keep: int) -> list[dict[str, Any]]:
     return out[-keep:]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def flatten(patch: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     out: dict[tuple[str, ...], Any] = {}
     for k, v in patch.items():
@@ -265,7 +253,7 @@ class LocalStore:
             raise StoreError(f"cannot read {path}: {exc}") from exc
         except yamledit.YamlEditError as exc:
             raise StoreError(f"cannot edit {path} in place: {exc}; edit it by hand") from exc
-        _write_atomic(path, edited)
+        write_atomic(path, edited)
         return f"{path} updated (mlrollout dev applies it within a second)"
 
 

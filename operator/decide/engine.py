@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from mlrollout.operator import queries
 from mlrollout.operator.decide import analysis as verdicts
+from mlrollout.operator.decide import guard
 from mlrollout.operator.decide.conditions import set_condition
 from mlrollout.operator.decide.lifecycle import (
     Counter,
@@ -59,6 +61,8 @@ class Observations:
 
     revisions: Mapping[str, RevisionState] = field(default_factory=dict)
     metrics: Mapping[str, Sequence[Sample] | ProviderError] = field(default_factory=dict)
+    # The router guard's report (docs/routing.md): a trip naming the canary is its rollback.
+    router_guard: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
     assert st.canary is not None and st.stable is not None
     canary = st.canary
     steps = spec.rollout.steps
+    if _router_guard(w, obs):  # also for a canary that is no longer ready (a dead process)
+        return parse_duration(spec.rollout.analysis.interval)
     if not _ready(obs.revisions, canary.id):
         st.not_ready_since = st.not_ready_since or w.now
         st.weights = Weights()
@@ -251,6 +257,23 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         if st.canary is None:  # rolled back
             return interval
     return min(interval, _advance(w, spec))
+
+
+def _router_guard(w: Work, obs: Observations) -> bool:
+    """Roll back when the router reports that its guard took this canary off traffic."""
+    st = w.st
+    assert st.canary is not None
+    state = obs.revisions.get(st.canary.id)
+    trip = guard.trip_of(obs.router_guard, st.canary.version, state.url if state else None)
+    if trip is None:
+        return False
+    verdict = guard.verdict(trip)
+    st.analysis.verdicts = [verdict]
+    st.analysis.last_run_at = w.now
+    w.count("mlrollout_operator_verdicts_total", check=verdict.check, result=verdict.outcome)
+    w.event("Warning", "RouterGuard", verdict.message)
+    rollback(w, "rolledBack", verdict.message)
+    return True
 
 
 def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
@@ -403,7 +426,11 @@ def _routing(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> RoutingInp
     if st.canary is not None:
         weights["canary"] = st.weights.canary
     return RoutingInputs(
-        weights=weights, traffic=spec.traffic, revisions=revisions, versions=versions
+        weights=weights,
+        traffic=spec.traffic,
+        revisions=revisions,
+        versions=versions,
+        options=guard.table_options(spec),
     )
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from mlrollout.operator.ctl.limits import format_value
 from mlrollout.operator.local.timeline import CheckPoint, TimelineEntry
 
 _COLOURS = {"pass": "32", "fail": "31", "noData": "33", "providerError": "35"}
@@ -30,11 +31,22 @@ def _paint(text: str, verdict: str, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
 
 
-def render_check(check: CheckPoint, colour: bool = False) -> str:
-    limit = ""
-    if check.threshold is not None:
-        limit = f" {check.comparison or 'vs'} {_num(check.threshold)}"
-    return f"  {check.name:<18} {_num(check.value):>10}{limit:<14} {_paint(check.verdict, check.verdict, colour)}"
+def render_check(check: CheckPoint, colour: bool = False, limit_text: str = "") -> str:
+    """One check: value (with its unit), the limit as the spec wrote it, the verdict.
+
+    Without the spec's wording, the verdict's threshold is shown as it is.
+    """
+    if limit_text:
+        value = format_value(check.name, check.value)
+        limit = f" {limit_text}"
+    else:
+        value = _num(check.value)
+        limit = ""
+        if check.threshold is not None:
+            limit = f" {check.comparison or 'vs'} {_num(check.threshold)}"
+    return (
+        f"  {check.name:<18} {value:>10}{limit:<40} {_paint(check.verdict, check.verdict, colour)}"
+    )
 
 
 def render_weights(entry: TimelineEntry) -> str:
@@ -50,13 +62,14 @@ def render(
     total_steps: int | None = None,
     colour: bool = False,
     width: int = 160,
+    limits: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The progress block for one decision."""
+    """The progress block for one decision; ``limits``: check -> limits as the spec wrote."""
     step = ""
     if entry.canary_version is not None and entry.step is not None:
         step = f"  step {entry.step + 1}" + (f"/{total_steps}" if total_steps else "")
     lines = [f"{deployment}  {entry.phase}{step}  {render_weights(entry)}"]
-    lines.extend(render_check(c, colour) for c in entry.checks)
+    lines.extend(render_check(c, colour, (limits or {}).get(c.name, "")) for c in entry.checks)
     if entry.reason:
         reason = entry.reason if len(entry.reason) <= width else entry.reason[: width - 3] + "..."
         lines.append(f"  {reason}")

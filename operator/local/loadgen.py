@@ -9,8 +9,8 @@ still prints (and writes) its report.
 Records come from a JSON file: a list (or JSON lines) of feature objects, or of
 ``{"record": {...}, "label": y}`` as ``mlrollout examples`` writes them. A record may
 carry its true label under ``--label-field``; the label is then taken out of the features
-and, for ``--feedback`` of the requests, posted to ``/feedback`` with the request id of
-the prediction it belongs to.
+and, for ``--feedback`` of the requests, posted to ``/feedback`` with the feedback id the
+server issued for the prediction it belongs to (header ``x-mlrollout-feedback-id``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,10 @@ from typing import Any
 DEFAULT_LABEL_FIELD = "label"
 # The router names the track that answered; sending it back pins feedback to that track.
 TRACK_HEADER = "x-mlrollout-track"
+# The server-issued key a label is posted with (docs/serving.md, "Feedback").
+FEEDBACK_ID_HEADER = "x-mlrollout-feedback-id"
+VERSION_HEADER = "x-mlrollout-version"
+SERIES_LIMIT = 3600  # one-second buckets kept at most (an hour of load)
 
 
 class LoadgenError(ValueError):
@@ -53,6 +57,8 @@ class LoadConfig:
     batch: int = 1  # records per request
     feedback: float = 0.0  # fraction of predictions followed by their label
     timeout_s: float = 10.0
+    offset: int = 0  # first record replayed
+    seed: int | None = None  # shuffle the records' order with this seed (None: file order)
 
     def __post_init__(self) -> None:
         if self.count is None and self.duration_s is None:
@@ -65,6 +71,19 @@ class LoadConfig:
             raise LoadgenError("count must be >= 1")
         if self.duration_s is not None and self.duration_s <= 0:
             raise LoadgenError("duration must be > 0")
+        if self.offset < 0:
+            raise LoadgenError("offset must be >= 0")
+
+
+def replay_order(n: int, offset: int = 0, seed: int | None = None) -> list[int]:
+    """Indices of the records in the order they are sent (pure, deterministic)."""
+    order = list(range(n))
+    if seed is not None:
+        import random
+
+        random.Random(seed).shuffle(order)
+    k = offset % n if n else 0
+    return order[k:] + order[:k]
 
 
 @dataclass
@@ -75,6 +94,35 @@ class LoadReport:
     feedback_sent: int = 0
     feedback_failed: int = 0
     elapsed_s: float = 0.0
+    versions: Counter[str] = field(default_factory=Counter)  # answering version (router header)
+    # second since start -> {"sent", "ok", "failed", "versions": {v: n}}
+    series: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, second: int, status: str, version: str | None) -> None:
+        """Count one answered request in the totals and in its one-second bucket."""
+        self.statuses[status] += 1
+        ok = status.startswith("2")
+        if ok and version:
+            self.versions[version] += 1
+        if second not in self.series and len(self.series) >= SERIES_LIMIT:
+            return
+        bucket = self.series.setdefault(second, {"sent": 0, "ok": 0, "failed": 0, "versions": {}})
+        bucket["sent"] += 1
+        bucket["ok" if ok else "failed"] += 1
+        if ok and version:
+            bucket["versions"][version] = bucket["versions"].get(version, 0) + 1
+
+    @property
+    def answered(self) -> int:
+        return sum(self.statuses.values())
+
+    def progress(self) -> str:
+        """One line for the progress printed while the load runs."""
+        versions = ", ".join(f"{v} {n}" for v, n in sorted(self.versions.items()))
+        return (
+            f"{self.elapsed_s:6.1f}s  {self.sent} sent, {self.ok} ok, "
+            f"{self.answered - self.ok} failed" + (f"  [{versions}]" if versions else "")
+        )
 
     @property
     def ok(self) -> int:
@@ -102,6 +150,8 @@ class LoadReport:
             "rate_per_s": round(self.sent / self.elapsed_s, 2) if self.elapsed_s else 0.0,
             "latency_p50_s": self.quantile(0.5),
             "latency_p99_s": self.quantile(0.99),
+            "versions": dict(sorted(self.versions.items())),
+            "series": [{"t": t, **b} for t, b in sorted(self.series.items())],
         }
 
     def summary(self) -> str:
@@ -109,10 +159,12 @@ class LoadReport:
         p50, p99 = j["latency_p50_s"], j["latency_p99_s"]
         lat = f", p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms" if p50 is not None else ""
         codes = ", ".join(f"{k}: {v}" for k, v in j["statuses"].items())
+        versions = ", ".join(f"{k}: {v}" for k, v in j["versions"].items())
         return (
             f"{j['sent']} requests in {j['elapsed_s']:.1f} s ({j['rate_per_s']}/s): "
             f"{j['ok']} ok, {j['failed']} failed [{codes}]{lat}; "
-            f"feedback {j['feedback_sent']} sent, {j['feedback_failed']} failed"
+            + (f"answered by version [{versions}]; " if versions else "")
+            + f"feedback {j['feedback_sent']} sent, {j['feedback_failed']} failed"
         )
 
 
@@ -164,12 +216,18 @@ def wants_feedback(i: int, fraction: float) -> bool:
 
 
 async def generate(
-    config: LoadConfig, records: Sequence[Record], stop: asyncio.Event | None = None
+    config: LoadConfig,
+    records: Sequence[Record],
+    stop: asyncio.Event | None = None,
+    progress: Callable[[LoadReport], None] | None = None,
+    progress_every_s: float = 5.0,
 ) -> LoadReport:
     import aiohttp
 
     stop = stop or asyncio.Event()
     report = LoadReport()
+    order = replay_order(len(records), config.offset, config.seed)
+    next_progress = progress_every_s
     limit = asyncio.Semaphore(config.concurrency)
     timeout = aiohttp.ClientTimeout(total=config.timeout_s)
     base = config.url.rstrip("/")
@@ -177,9 +235,9 @@ async def generate(
     started = time.monotonic()
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
-        rows = [records[(i * config.batch + k) % len(records)] for k in range(config.batch)]
+        rows = [records[order[(i * config.batch + k) % len(records)]] for k in range(config.batch)]
         request_id = f"lg-{i}"
-        track = None
+        track = version = feedback_id = None
         t0 = time.monotonic()
         try:
             async with session.post(
@@ -189,8 +247,9 @@ async def generate(
             ) as resp:
                 await resp.read()
                 status = str(resp.status)
-                request_id = resp.headers.get("x-request-id", request_id)
                 track = resp.headers.get(TRACK_HEADER)
+                feedback_id = resp.headers.get(FEEDBACK_ID_HEADER)
+                version = resp.headers.get(VERSION_HEADER)
         except (aiohttp.ClientConnectionError, ConnectionError):
             status = "connect_error"
         except TimeoutError:
@@ -200,10 +259,15 @@ async def generate(
         finally:
             limit.release()
         report.latencies_s.append(time.monotonic() - t0)
-        report.statuses[status] += 1
+        report.add(int(t0 - started), status, version)
         labels = [r.label for r in rows]
-        if status.startswith("2") and wants_feedback(i, config.feedback) and None not in labels:
-            await _feedback(session, base, request_id, labels, track, report)
+        if (
+            status.startswith("2")
+            and feedback_id
+            and wants_feedback(i, config.feedback)
+            and None not in labels
+        ):
+            await _feedback(session, base, feedback_id, labels, track, report)
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
         i = 0
@@ -218,6 +282,11 @@ async def generate(
                 break  # stopped while waiting
             await limit.acquire()
             report.sent += 1
+            if progress is not None and progress_every_s > 0:
+                report.elapsed_s = time.monotonic() - started
+                if report.elapsed_s >= next_progress:
+                    next_progress += progress_every_s
+                    progress(report)
             task = asyncio.create_task(one(session, i))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -231,12 +300,12 @@ async def generate(
 async def _feedback(
     session: Any,
     base: str,
-    request_id: str,
+    feedback_id: str,
     labels: list[Any],
     track: str | None,
     report: LoadReport,
 ) -> None:
-    body = {"request_id": request_id, "labels": labels}
+    body = {"feedback_id": feedback_id, "labels": labels}
     # Through the router, the label must reach the server that made the prediction.
     headers = {TRACK_HEADER: track} if track else {}
     try:
@@ -252,36 +321,93 @@ async def _feedback(
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="base URL of the router or a model server")
     parser.add_argument(
-        "--records", type=Path, required=True, help="JSON list / JSON lines of records"
+        "--records",
+        type=Path,
+        required=True,
+        help="JSON list / JSON lines of records (e.g. traffic.jsonl from `mlrollout examples`)",
     )
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
-    parser.add_argument("--count", type=int, default=None, help="stop after this many requests")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
-    parser.add_argument("--batch", type=int, default=1, help="records per request")
+    parser.add_argument(
+        "--count", type=int, default=None, help="stop after this many requests (default: no limit)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: no limit; give --count or --duration)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight at most (default 16)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="records per request (default 1)")
     parser.add_argument(
         "--feedback",
         type=float,
         default=0.0,
-        help="fraction of predictions followed by their label",
+        help="fraction of predictions followed by their label (default 0)",
     )
-    parser.add_argument("--label-field", default=DEFAULT_LABEL_FIELD, help="label key in records")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
+    parser.add_argument(
+        "--label-field",
+        default=DEFAULT_LABEL_FIELD,
+        help=f"label key in records (default {DEFAULT_LABEL_FIELD!r})",
+    )
+    parser.add_argument(
+        "--offset", type=int, default=0, help="start the replay at this record (default 0)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="replay the records in an order shuffled with this seed (default: file order)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per request (default 10)"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also write the report (totals, per-version counts, time series) as JSON "
+        "(default: print only)",
+    )
+    parser.add_argument(
+        "--progress",
+        type=float,
+        default=5.0,
+        help="seconds between progress lines on stderr; 0 for none (default 5)",
+    )
     parser.add_argument(
         "--max-failures",
         type=float,
         default=None,
-        help="exit 1 if the failed fraction is above this (e.g. 0 for none allowed)",
+        help="exit 1 if the failed fraction is above this, e.g. 0 for none allowed "
+        "(default: exit 1 only when every request failed)",
     )
 
 
-async def _main(config: LoadConfig, records: list[Record]) -> LoadReport:
+def _print_progress(report: LoadReport) -> None:
+    print(report.progress(), file=sys.stderr, flush=True)
+
+
+async def _main(config: LoadConfig, records: list[Record], progress_s: float) -> LoadReport:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    return await generate(config, records, stop)
+    return await generate(config, records, stop, _print_progress, progress_s)
+
+
+def exit_code(report: LoadReport, max_failures: float | None) -> tuple[int, str]:
+    """0, or 1 with why: every request failed, or more than ``max_failures`` did (pure)."""
+    if report.sent and report.ok == 0:
+        top = ", ".join(f"{k} x{v}" for k, v in report.statuses.most_common(3))
+        return 1, f"every request failed ({top}): is the URL right and the server up?"
+    if max_failures is not None and report.sent and report.failed / report.sent > max_failures:
+        return 1, (
+            f"{report.failed}/{report.sent} requests failed, more than --max-failures "
+            f"{max_failures:g}"
+        )
+    return 0, ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -295,21 +421,26 @@ def run(args: argparse.Namespace) -> int:
             batch=args.batch,
             feedback=args.feedback,
             timeout_s=args.timeout,
+            offset=args.offset,
+            seed=args.seed,
         )
         records = load_records(args.records, args.label_field)
     except LoadgenError as exc:
         print(f"mlrollout loadgen: error: {exc}", file=sys.stderr)
         return 2
-    report = asyncio.run(_main(config, records))
+    print(
+        f"sending {args.rate:g} requests/s to {args.url} "
+        f"({len(records)} records, batch {args.batch}); Ctrl-C stops and reports",
+        file=sys.stderr,
+        flush=True,
+    )
+    report = asyncio.run(_main(config, records, args.progress))
     print(report.summary())
     if args.report:
         tmp = args.report.with_suffix(".tmp")
         tmp.write_text(json.dumps(report.to_json(), indent=1) + "\n")
         tmp.replace(args.report)
-    if (
-        args.max_failures is not None
-        and report.sent
-        and report.failed / report.sent > args.max_failures
-    ):
-        return 1
-    return 0
+    code, why = exit_code(report, args.max_failures)
+    if code:
+        print(f"mlrollout loadgen: {why}", file=sys.stderr)
+    return code

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlrollout.operator.model import GROUP, KIND, VERSION, ModelDeploymentSpec
+from mlrollout.operator.api import API_VERSION, KIND
+from mlrollout.operator.model import ModelDeploymentSpec
 from pydantic import ValidationError
 
-API_VERSION = f"{GROUP}/{VERSION}"
 DEFAULT_NAMESPACE = "local"
 # metadata.name becomes a label value and part of file names: a DNS-1123 label.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -48,7 +48,7 @@ def manifest_document(
         serving = spec.setdefault("serving", {})
         serving["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name},
         "spec": spec,

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from mlrollout.services.osutil import pid_alive
+
 _PR_SET_PDEATHSIG = 1
 
 # A process identity that survives pid reuse: (pid, start time in clock ticks).
@@ -142,16 +144,6 @@ def _signal_key(key: ProcKey, sig: int) -> None:
             os.kill(key[0], sig)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -177,7 +169,7 @@ def terminate_tree(
 
     def all_gone() -> bool:
         proc.poll()
-        return not _group_alive(pgid) and not any(_key_alive(k) for k in tree)
+        return not pid_alive(pgid, group=True) and not any(_key_alive(k) for k in tree)
 
     signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout

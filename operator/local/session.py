@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ from mlrollout.operator.local.prom import LocalPrometheus, ScrapeTarget
 from mlrollout.operator.local.router import FileRouter
 from mlrollout.operator.local.runtime import LocalRuntime
 from mlrollout.operator.local.timeline import CheckPoint, Timeline, TimelineEntry, plot
+from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
 from mlrollout.services.netutil import free_port
+from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
 QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData"})
@@ -195,49 +196,31 @@ def outcome_of(status: Mapping[str, Any] | None, version: str) -> str | None:
 
 
 def entry_from_status(
-    status: Mapping[str, Any], events: tuple[Event, ...], t: float
+    status: ModelDeploymentStatus, events: tuple[Event, ...], t: float
 ) -> TimelineEntry:
-    """A timeline entry from stored (camelCase) status and the decision's events (pure)."""
-    weights = status.get("weights") or {}
-    stable = status.get("stable") or {}
-    canary = status.get("canary") or {}
-    verdicts = (status.get("analysis") or {}).get("verdicts") or []
+    """A timeline entry from the reconciled status and the decision's events (pure)."""
     checks = tuple(
-        CheckPoint(
-            name=str(v.get("check", "")),
-            value=v.get("value"),
-            threshold=v.get("threshold"),
-            verdict=str(v.get("outcome", "")),
-        )
-        for v in verdicts
+        CheckPoint(name=v.check, value=v.value, threshold=v.threshold, verdict=str(v.outcome))
+        for v in status.analysis.verdicts
     )
     names = [snake(e.reason) for e in events]
     event = min(names, key=_event_rank) if names else None
+    canary = status.canary
     return TimelineEntry(
         t=t,
-        phase=str(status.get("phase", "")),
-        weights={
-            "stable": int(weights.get("stable", 100)),
-            "canary": int(weights.get("canary", 0)),
-        },
-        step=status.get("currentStep") if canary else None,
-        stable_version=stable.get("version"),
-        canary_version=canary.get("version"),
+        phase=str(status.phase),
+        weights={"stable": status.weights.stable, "canary": status.weights.canary},
+        step=status.current_step if canary else None,
+        stable_version=status.stable.version if status.stable else None,
+        canary_version=canary.version if canary else None,
         checks=checks if canary else (),
         event=event,
-        reason="; ".join(e.message for e in events) or str(status.get("message", "")),
+        reason="; ".join(e.message for e in events) or status.message,
     )
 
 
 def _atomic_json(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 class LocalSession:
@@ -495,14 +478,17 @@ class LocalSession:
             self.write_run_file()
         if self.prometheus is not None:
             self._update_targets()
-        entry = entry_from_status(result.status, result.events, t)
+        entry = entry_from_status(result.state, result.events, t)
         self.timeline.append(entry)
         if entry.event:
             # Keep the log on disk as it grows, so even a SIGKILL loses little of it.
             self.timeline.write_json(self.timeline_paths[0])
         if self.display is not None:
             steps = len(self.manifest.spec.rollout.steps)
-            self.display.show(entry, render(entry, self.manifest.name, steps, self.display.tty))
+            limits = check_limits(self.manifest.spec.rollout.analysis)
+            self.display.show(
+                entry, render(entry, self.manifest.name, steps, self.display.tty, limits=limits)
+            )
         return result
 
     def _check_infra(self) -> None:

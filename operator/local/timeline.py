@@ -8,12 +8,12 @@ JSON is pure apart from the file; the plot uses matplotlib's Agg backend (no dis
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mlrollout.services.osutil import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -96,14 +96,7 @@ class Timeline:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 PANELS = ("canary weight (%)", "error rate", "drift score", "latency (s)")
@@ -130,15 +123,29 @@ def series(entries: Iterable[TimelineEntry], t0: float) -> dict[str, dict[str, l
         xs_ys[0].append(x)
         xs_ys[1].append(float("nan") if y is None else y)
 
+    seen: dict[tuple[str, str], None] = {}  # (panel, line) drawn so far, in order
     for e in entries:
         x = e.t - t0
         point(PANELS[0], "canary", x, e.weights.get("canary", 0))
+        here: set[tuple[str, str]] = set()
         for c in e.checks:
             panel = panel_for(c.name)
             point(panel, c.name, x, c.value)
-            if c.threshold is not None:
+            here.add((panel, c.name))
+            if c.threshold is not None and not is_relative(c.name):
                 point(panel, f"{c.name} threshold", x, c.threshold)
+                here.add((panel, f"{c.name} threshold"))
+        for key in seen:
+            if key not in here:
+                point(*key, x, None)  # a gap: the line breaks instead of bridging it
+        seen.update(dict.fromkeys(here))
     return out
+
+
+# Checks judged relative to stable: their threshold (an allowed increase or decrease) is
+# not on the scale of the value plotted, so no threshold line is drawn for them.
+def is_relative(check_name: str) -> bool:
+    return check_name.endswith("VsStable") or check_name == "feedbackAccuracy"
 
 
 def _all_positive(lines: dict[str, list[Any]]) -> bool:

@@ -1,0 +1,1 @@
+"""The model: artifact format, export, onnxruntime runtime, input validation, HTTP-free dataplane."""

@@ -18,7 +18,6 @@ import random
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,13 @@ from mlrollout.services.drift import DriftCollector, DriftMonitor
 from mlrollout.services.metrics import ServerLabels, ServerMetrics
 from mlrollout.services.model import oip
 from mlrollout.services.model.artifact import Artifact, ArtifactError, load_artifact
+from mlrollout.services.model.feedback import (
+    DEFAULT_CAPACITY_BYTES,
+    FeedbackStore,
+    Lookup,
+    class_dtype,
+    looks_like_id,
+)
 from mlrollout.services.model.runtime import OnnxModel, Prediction
 from mlrollout.services.model.validation import (
     DEFAULT_MAX_BODY_BYTES,
@@ -46,7 +52,10 @@ log = logging.getLogger("mlrollout.dataplane")
 FAULT_ENV = "MLROLLOUT_FAULT_ERROR_RATE"
 REQUEST_ID_HEADER = "x-request-id"
 VERSION_HEADER = "x-mlrollout-version"
-DEFAULT_FEEDBACK_CAPACITY = 100_000
+# The server-issued key a label is posted with (docs/serving.md, "Feedback").
+FEEDBACK_ID_HEADER = "x-mlrollout-feedback-id"
+FEEDBACK_BYTES_ENV = "MLROLLOUT_FEEDBACK_BYTES"
+DEFAULT_FEEDBACK_BYTES = DEFAULT_CAPACITY_BYTES
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -88,7 +97,7 @@ class Dataplane:
         max_rows: int = DEFAULT_MAX_ROWS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fault_error_rate: float = 0.0,
-        feedback_capacity: int = DEFAULT_FEEDBACK_CAPACITY,
+        feedback_bytes: int = DEFAULT_FEEDBACK_BYTES,
         drift_window: int = 1000,
         drift_arl_windows: float = 500.0,
         clock: Callable[[], float] = time.perf_counter,
@@ -123,9 +132,16 @@ class Dataplane:
         self._rng = rng or random.Random()
         self._clock = clock
         self._has_categorical = bool(profile.categorical_names)
-        self._feedback_capacity = feedback_capacity
-        self._recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        classification = self.model.task == "classification"
+        # Predictions kept for feedback: class indices, or the predicted values of a regressor.
+        self.feedback_store = FeedbackStore(
+            feedback_bytes,
+            dtype=class_dtype(len(self.model.classes)) if classification else np.float64,
+        )
+        self._class_index = {_label_key(c): i for i, c in enumerate(self.model.classes)}
+        store = self.feedback_store
+        self.metrics.feedback_store_bytes = lambda: (store.used_bytes, store.capacity_bytes)
+        self._feedback_lock = threading.Lock()
         self._ready = False
         self._base_headers = {VERSION_HEADER: self.version}
 
@@ -165,7 +181,11 @@ class Dataplane:
 
     # ------------------------------------------------------------------ /predict
 
-    def predict(self, body: bytes, request_id: str | None = None) -> Reply:
+    def predict(
+        self, body: bytes, request_id: str | None = None, feedback_id: str | None = None
+    ) -> Reply:
+        """``feedback_id`` is one proposed by the router for a mirrored request, so that
+        mirrored feedback finds the shadow's prediction; used only if well-formed and new."""
         start = self._clock()
         rid = _request_id(request_id)
         headers = {**self._base_headers, REQUEST_ID_HEADER: rid}
@@ -177,13 +197,14 @@ class Dataplane:
             else:
                 pred = self._predict(batch)
                 rows = batch.n_rows
-                self._remember(rid, pred.labels)
                 payload: dict[str, Any] = {
                     "request_id": rid,
                     "model": self.name,
                     "version": self.version,
                     "predictions": pred.labels,
                 }
+                if (fid := self._remember(pred, feedback_id)) is not None:
+                    payload["feedback_id"] = headers[FEEDBACK_ID_HEADER] = fid
                 if pred.probabilities is not None:
                     payload["classes"] = self.model.classes
                     payload["probabilities"] = _round(pred.probabilities)
@@ -197,13 +218,25 @@ class Dataplane:
 
     # ------------------------------------------------------------------ OIP v2
 
-    def infer_v2(self, model_name: str, body: bytes, *, header_length: int | None = None) -> Reply:
+    def infer_v2(
+        self,
+        model_name: str,
+        body: bytes,
+        *,
+        header_length: int | None = None,
+        request_id: str | None = None,
+        feedback_id: str | None = None,
+    ) -> Reply:
         """``POST /v2/models/{name}/infer``. ``header_length`` is the value of the
-        ``Inference-Header-Content-Length`` header when the binary tensor extension is used."""
+        ``Inference-Header-Content-Length`` header when the binary tensor extension is used.
+
+        The OIP body ``id`` is returned as the response ``id`` (as the protocol asks) and as
+        the ``x-request-id`` header (else the ``request_id`` header the client sent, else a
+        fresh one); the feedback id is in ``parameters.feedback_id`` and its header."""
         start = self._clock()
-        headers = dict(self._base_headers)
+        headers = {**self._base_headers, REQUEST_ID_HEADER: _request_id(request_id)}
         rows = 0
-        request_id: Any = None
+        request_id = None
         try:
             if model_name != self.name:
                 raise InputError(
@@ -219,6 +252,8 @@ class Dataplane:
                 )
             request = oip.parse_request(body, header_length)
             request_id = request.id
+            if request_id is not None and _REQUEST_ID.fullmatch(request_id):
+                headers[REQUEST_ID_HEADER] = request_id
             batch = oip.to_batch(request, self.validator)
             wanted = oip.requested_outputs(request, self.model.task)
             if self._inject_fault():
@@ -227,13 +262,16 @@ class Dataplane:
                 pred = self._predict(batch)
                 rows = batch.n_rows
                 outputs = oip.outputs(pred, wanted, self.model.classes)
-                payload = {
+                payload: dict[str, Any] = {
                     "model_name": self.name,
                     "model_version": self.version,
                     "outputs": outputs,
                 }
                 if request_id is not None:
                     payload["id"] = request_id
+                if (fid := self._remember(pred, feedback_id)) is not None:
+                    payload["parameters"] = {"feedback_id": fid}
+                    headers[FEEDBACK_ID_HEADER] = fid
                 reply = Reply(200, payload, headers)
         except InputError as exc:
             reply = self._reject(exc, headers, request_id)
@@ -248,43 +286,62 @@ class Dataplane:
     # ------------------------------------------------------------------ /feedback
 
     def feedback(self, body: bytes) -> Reply:
-        """Delayed ground truth: ``{"request_id": ..., "label": y}`` (or ``"labels": [...]``
-        for a batch request), or a list of those. Each prediction is judged once; ids that
-        were never seen, were evicted, or were already judged count as ``unmatched``."""
+        """Delayed ground truth: ``{"feedback_id": ..., "label": y}`` (or ``"labels": [...]``
+        for a batch request), or a list of those. ``feedback_id`` is the one the server
+        issued with the prediction. Each prediction takes one label: a second one is refused
+        (409), as is an id this server never issued (404); an id it issued but has since
+        evicted to stay within its byte bound counts as ``unmatched``. A refused list
+        judges nothing."""
         start = self._clock()
         headers = dict(self._base_headers)
+        regression = self.model.task != "classification"
         try:
             if len(body) > self.validator.max_body_bytes:
                 raise InputError(Reason.BODY_TOO_LARGE, None, "feedback body is too large")
             items = _feedback_items(decode_json(body), self.validator.max_rows)
+            truths = [
+                (fid, self._truth(truth, regression, i)) for i, (fid, truth) in enumerate(items)
+            ]
             correct = incorrect = unmatched = 0
-            with self._recent_lock:
+            errors: list[float] = []
+            store = self.feedback_store
+            with self._feedback_lock:
                 # Check before judging anything: a refused list must leave every stored
                 # prediction in place for the corrected retry.
-                for i, (rid, truth) in enumerate(items):
-                    known = self._recent.get(rid)
-                    if known is not None and len(known) != len(truth):
+                seen: set[str] = set()
+                for i, (fid, truth) in enumerate(truths):
+                    state, rows = store.peek(fid)
+                    if state is Lookup.UNKNOWN:
+                        raise InputError(
+                            Reason.UNKNOWN_FEEDBACK_ID,
+                            "feedback_id",
+                            f"feedback entry {i}: {fid[:40]!r} is not a feedback id this server "
+                            f"issued; send the feedback_id returned with the prediction "
+                            f"(body field, or header {FEEDBACK_ID_HEADER})",
+                        )
+                    if state is Lookup.JUDGED or fid in seen:
+                        raise InputError(
+                            Reason.DUPLICATE_FEEDBACK,
+                            "feedback_id",
+                            f"feedback entry {i}: a label for feedback_id {fid!r} was already received; "
+                            "each prediction takes one label",
+                        )
+                    seen.add(fid)
+                    if state is Lookup.FOUND and rows != len(truth):
                         raise InputError(
                             Reason.BAD_STRUCTURE,
                             "labels",
-                            f"feedback entry {i}: request {rid!r} predicted {len(known)} "
+                            f"feedback entry {i}: prediction {fid!r} has {rows} "
                             f"row(s), got {len(truth)} label(s)",
                         )
-                regression = self.model.task != "classification"
-                truths = [
-                    (rid, _truth(truth, regression, i)) for i, (rid, truth) in enumerate(items)
-                ]
-                errors: list[float] = []
-                for rid, truth in truths:
-                    predicted = self._recent.pop(rid, None)
+                for fid, truth in truths:
+                    predicted = store.take(fid)
                     if predicted is None:
                         unmatched += len(truth)
                     elif regression:
-                        errors.extend(
-                            float(t) - float(p) for p, t in zip(predicted, truth, strict=True)
-                        )
+                        errors.extend((np.asarray(truth, dtype=np.float64) - predicted).tolist())
                     else:
-                        hits = sum(p == t for p, t in zip(predicted, truth, strict=True))
+                        hits = int(np.count_nonzero(np.asarray(truth) == predicted))
                         correct += hits
                         incorrect += len(truth) - hits
             self.metrics.count_feedback(correct, incorrect, unmatched)
@@ -306,6 +363,13 @@ class Dataplane:
         self._observe("feedback", reply.status, start, 0)
         return reply
 
+    def _truth(self, values: tuple[Any, ...], regression: bool, entry: int) -> list[Any]:
+        """Ground truth as stored predictions are: numbers (regressors) or class indices,
+        with -1 for a label that is none of the model's classes (always incorrect)."""
+        if regression:
+            return _numbers(values, entry)
+        return [self._class_index.get(_label_key(v), -1) for v in values]
+
     # ------------------------------------------------------------------ internals
 
     def _predict(self, batch: Batch) -> Prediction:
@@ -322,18 +386,16 @@ class Dataplane:
     def _inject_fault(self) -> bool:
         return self._fault_rate > 0.0 and self._rng.random() < self._fault_rate
 
-    def _remember(self, rid: str, labels: Sequence[Any]) -> None:
-        if self._feedback_capacity <= 0:
-            return
-        if self.model.task == "classification":
-            key: tuple[Any, ...] = tuple(_label_key(v) for v in labels)
-        else:
-            key = tuple(float(v) for v in labels)
-        with self._recent_lock:
-            self._recent[rid] = key
-            self._recent.move_to_end(rid)
-            while len(self._recent) > self._feedback_capacity:
-                self._recent.popitem(last=False)
+    def _remember(self, pred: Prediction, proposed: str | None) -> str | None:
+        """Keep what feedback needs of ``pred``; return its feedback id (None when off)."""
+        store = self.feedback_store
+        if not store.enabled:
+            return None
+        values = pred.indices if pred.indices is not None else np.asarray(pred.labels)
+        if proposed is not None and looks_like_id(proposed) and store.remember(proposed, values):
+            return proposed
+        fid = store.new_id()
+        return fid if store.remember(fid, values) else None
 
     def _reject(self, exc: InputError, headers: dict[str, str], rid: Any) -> Reply:
         self.metrics.count_violation(exc.reason.value)
@@ -390,10 +452,7 @@ def _label_key(value: Any) -> str:
     return str(value)
 
 
-def _truth(values: tuple[Any, ...], regression: bool, entry: int) -> tuple[Any, ...]:
-    """Ground truth as compared with stored predictions: label keys, or numbers for regressors."""
-    if not regression:
-        return tuple(_label_key(v) for v in values)
+def _numbers(values: tuple[Any, ...], entry: int) -> list[float]:
     numbers = []
     for value in values:
         try:
@@ -407,7 +466,7 @@ def _truth(values: tuple[Any, ...], regression: bool, entry: int) -> tuple[Any, 
                 f"feedback entry {entry}: a regression label must be a finite number, got {value!r}",
             )
         numbers.append(number)
-    return tuple(numbers)
+    return numbers
 
 
 def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[Any, ...]]]:
@@ -424,14 +483,22 @@ def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[Any, ...
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise InputError(Reason.BAD_STRUCTURE, None, f"feedback entry {i} must be an object")
-        rid = entry.get("request_id")
+        if "request_id" in entry and "feedback_id" not in entry:
+            raise InputError(
+                Reason.MISSING_FEATURE,
+                "feedback_id",
+                f"feedback entry {i}: labels are matched by feedback_id, the server-issued id "
+                f"returned with the prediction (body field, or header {FEEDBACK_ID_HEADER}), "
+                "not by request_id",
+            )
+        rid = entry.get("feedback_id")
         if not isinstance(rid, str) or not rid:
             raise InputError(
                 Reason.MISSING_FEATURE,
-                "request_id",
-                f"feedback entry {i}: request_id must be a non-empty string",
+                "feedback_id",
+                f"feedback entry {i}: feedback_id must be a non-empty string",
             )
-        extra = set(entry) - {"request_id", "label", "labels"}
+        extra = set(entry) - {"feedback_id", "label", "labels"}
         if extra:
             name = sorted(extra)[0]
             raise InputError(

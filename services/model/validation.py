@@ -87,6 +87,8 @@ class Reason(StrEnum):
     MISSING_VALUE = "missing_value"
     UNKNOWN_MODEL = "unknown_model"
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    UNKNOWN_FEEDBACK_ID = "unknown_feedback_id"
+    DUPLICATE_FEEDBACK = "duplicate_feedback"
 
 
 _STATUS = {
@@ -94,6 +96,8 @@ _STATUS = {
     Reason.BATCH_TOO_LARGE: 413,
     Reason.UNKNOWN_MODEL: 404,
     Reason.UNSUPPORTED_CONTENT_TYPE: 415,
+    Reason.UNKNOWN_FEEDBACK_ID: 404,
+    Reason.DUPLICATE_FEEDBACK: 409,
     Reason.MALFORMED_JSON: 400,
     Reason.BAD_STRUCTURE: 400,
 }

@@ -1,0 +1,1 @@
+"""The weighted canary router: routing table, HTTP proxy, table sources, guard."""

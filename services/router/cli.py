@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 
@@ -76,6 +77,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close client keep-alive connections idle this long (seconds)",
     )
     parser.add_argument(
+        "--canary-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds of --timeout a canary try may take before the request goes to stable",
+    )
+    parser.add_argument(
+        "--response-header-timeout",
+        type=_positive(float),
+        default=5.0,
+        help="seconds from a backend answer's first byte to the end of its headers",
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=_positive(int),
+        default=8 << 20,
+        help="largest backend response body passed on (a larger one is the backend's error)",
+    )
+    parser.add_argument(
+        "--max-response-buffer-bytes",
+        type=_positive(int),
+        default=32 << 20,
+        help="response bytes held at once per backend, over all its requests",
+    )
+    parser.add_argument(
+        "--max-request-buffer-bytes",
+        type=_positive(int),
+        default=64 << 20,
+        help="request body bytes held at once over all clients (503 beyond)",
+    )
+    parser.add_argument(
         "--max-header-bytes",
         type=_positive(int),
         default=64 << 10,
@@ -119,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         max_header_bytes=args.max_header_bytes,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        canary_timeout=args.canary_timeout,
+        response_header_timeout=args.response_header_timeout,
+        max_response_bytes=args.max_response_bytes,
+        max_response_buffer_bytes=args.max_response_buffer_bytes,
+        max_request_buffer_bytes=args.max_request_buffer_bytes,
     )
     source: TableSource
     if args.table:
@@ -157,11 +193,13 @@ async def serve(
     server = await start_server(
         router, host, port, cfg.max_body_bytes, cfg.idle_timeout,
         max_header_bytes=cfg.max_header_bytes, header_timeout=cfg.header_timeout,
-        body_timeout=cfg.body_timeout,
+        body_timeout=cfg.body_timeout, max_buffered_bytes=cfg.max_request_buffer_bytes,
     )  # fmt: skip
     watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if isinstance(source, ConfigMapSource):
+        router.on_trip = _report_trips(source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())
@@ -176,3 +214,17 @@ async def serve(
         await watcher
     await router.aclose()
     return 0
+
+
+_REPORTS: set[asyncio.Task[bool]] = set()
+
+
+def _report_trips(source: ConfigMapSource) -> Callable[[dict[str, Any]], None]:
+    """Write each guard trip into the ConfigMap, off the request path."""
+
+    def report(doc: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(source.write_guard(doc))
+        _REPORTS.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(_REPORTS.discard)
+
+    return report

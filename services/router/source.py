@@ -28,6 +28,9 @@ Reject = Callable[[str], None]  # a table the source refused itself (too large),
 # is refused unread, so a runaway writer cannot make the router read gigabytes.
 MAX_TABLE_BYTES = 1 << 20
 
+# The ConfigMap key the router writes its guard's trip to (the operator reads it).
+GUARD_KEY = "guard.json"
+
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -114,9 +117,15 @@ class FileSource:
                 data = f.read(self.max_bytes + 1)
         except OSError as exc:
             if not self._missing_logged:
-                log.error(
-                    "cannot read routing table %s: %s; keeping the table in force", self.path, exc
-                )
+                if self._digest is None and isinstance(exc, FileNotFoundError):
+                    # Every local run starts so: the table comes once a server is ready.
+                    log.info("no routing table at %s yet; waiting for it", self.path)
+                else:
+                    log.error(
+                        "cannot read routing table %s: %s; keeping the table in force",
+                        self.path,
+                        exc,
+                    )
                 self._missing_logged = True
             self._stat = None
             return
@@ -289,3 +298,34 @@ class ConfigMapSource:
             reject(f"key {self.key!r} is not a string of at most {MAX_TABLE_BYTES} characters")
             return
         offer(data.encode(), self.describe())
+
+    async def write_guard(self, report: dict[str, Any], attempts: int = 5) -> bool:
+        """Put the guard's report in the ConfigMap under ``guard.json`` (a merge patch of
+        that key only), where the operator reads it. Retried with back-off; False if it
+        never got through (the canary is at weight 0 in this router either way)."""
+        import aiohttp
+
+        url = f"{self._url()}/{quote(self.name)}"
+        body = json.dumps({"data": {GUARD_KEY: json.dumps(report, sort_keys=True)}})
+        headers = {**self.access.headers(), "Content-Type": "application/merge-patch+json"}
+        delay = 0.2
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for attempt in range(1, attempts + 1):
+                try:
+                    async with session.patch(
+                        url, data=body, headers=headers, ssl=self.access.ssl_context
+                    ) as resp:
+                        if resp.status == 200:
+                            return True
+                        why = f"answered {resp.status}: {(await resp.text())[:200]}"
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    why = str(exc) or type(exc).__name__
+                log.error(
+                    "cannot write the guard's trip to %s (attempt %d/%d): %s",
+                    self.describe(), attempt, attempts, why,
+                )  # fmt: skip
+                if attempt < attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(self.max_backoff, delay * 2)
+        return False

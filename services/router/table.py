@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -54,6 +54,14 @@ class RoutingTable:
     @property
     def canary_weight(self) -> int:
         return self.weights.get("canary", 0)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON document a router reads (tables come from :func:`parse_table`)."""
+        return {**self.raw, "generation": self.generation}
+
+    def with_generation(self, generation: int) -> RoutingTable:
+        """The same table under another generation (the writer numbers what it writes)."""
+        return replace(self, generation=generation, raw={**self.raw, "generation": generation})
 
 
 def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:

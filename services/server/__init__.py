@@ -1,0 +1,1 @@
+"""The model server: the BentoML service around the dataplane, and ``mlrollout serve``."""

@@ -12,6 +12,7 @@ path) and the request id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -25,6 +26,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_BODY_TIMEOUT_S = 15.0
 # Echoed ids are client-controlled: keep them short and free of header-breaking bytes.
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON_TYPES = (b"application/json", b"text/json", b"application/octet-stream")
@@ -48,10 +50,18 @@ class Dataplane(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    def predict(self, body: bytes, request_id: str | None = None) -> Reply: ...
+    def predict(
+        self, body: bytes, request_id: str | None = None, feedback_id: str | None = None
+    ) -> Reply: ...
 
     def infer_v2(
-        self, model_name: str, body: bytes, *, header_length: int | None = None
+        self,
+        model_name: str,
+        body: bytes,
+        *,
+        header_length: int | None = None,
+        request_id: str | None = None,
+        feedback_id: str | None = None,
     ) -> Reply: ...
 
     def model_metadata_v2(self) -> dict[str, Any]: ...
@@ -78,6 +88,8 @@ class Holder:
         self.model_version: str = ""
         self.error: str | None = None
         self.reject: Rejecter = _no_reject
+        # Counts a request the HTTP guard refused before any endpoint (by reason).
+        self.count_refusal: Callable[[str], None] = _no_count
 
     @property
     def ready(self) -> bool:
@@ -88,12 +100,19 @@ def _no_reject(endpoint: str, reason: str, seconds: float) -> None:
     del endpoint, reason, seconds
 
 
-class BodyError(Exception):
-    """Refused at the HTTP layer; ``reason`` is a value of the violations metric's label."""
+def _no_count(reason: str) -> None:
+    del reason
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+
+class BodyError(Exception):
+    """Refused at the HTTP layer; ``reason`` is a value of the violations metric's label
+    ("" for no input rule). ``counted``: the answer goes into the request counters (all
+    but a client that went away, which gets no answer)."""
+
+    def __init__(self, status: int, reason: str, message: str, counted: bool = True) -> None:
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
+        self.counted = counted
 
 
 def _json(obj: Any) -> bytes:
@@ -121,8 +140,11 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the request body, refusing before reading when Content-Length says too much."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> bytes:
+    """Read the request body, refusing before reading when Content-Length says too much,
+    and with a 408 when the whole body has not arrived ``timeout_s`` after the headers."""
     ctype = _header(scope, b"content-type")
     if (
         ctype is not None
@@ -146,17 +168,25 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BodyError(400, "", "client disconnected before sending the body")
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise BodyError(413, "body_too_large", f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BodyError(
+                        400, "", "client disconnected before sending the body", counted=False
+                    )
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise BodyError(413, "body_too_large", f"body is over the {limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise BodyError(
+            408, "", f"request body not received within {timeout_s:g}s ({total} bytes came)"
+        ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -168,9 +198,20 @@ def request_id_for(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _id_header(scope: Scope) -> dict[str, str]:
+    return {"x-request-id": request_id_for(scope)}
+
+
 def _client_request_id(scope: Scope) -> str | None:
     # The dataplane checks the id and makes a fresh one if needed; no need to do it twice.
     given = _header(scope, b"x-request-id")
+    return given.decode("latin-1") if given is not None else None
+
+
+def _proposed_feedback_id(scope: Scope) -> str | None:
+    # Set by the router on a mirrored request so the shadow keeps the stable's feedback id;
+    # the dataplane uses it only if it is well-formed and not in use.
+    given = _header(scope, b"x-mlrollout-feedback-id")
     return given.decode("latin-1") if given is not None else None
 
 
@@ -180,9 +221,15 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 class ModelApp:
     """ASGI app serving /predict, /feedback, /metrics and the OIP v2 REST routes."""
 
-    def __init__(self, holder: Holder, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        holder: Holder,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    ) -> None:
         self.holder = holder
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.routes: dict[str, tuple[str, Handler]] = {
             "/predict": ("POST", self._predict),
             "/feedback": ("POST", self._feedback),
@@ -238,12 +285,16 @@ class ModelApp:
     ) -> bytes | None:
         started = time.perf_counter()
         try:
-            return await read_body(scope, receive, self.max_body_bytes)
+            return await read_body(scope, receive, self.max_body_bytes, self.body_timeout_s)
         except BodyError as exc:
-            if exc.reason:  # a client that went away broke no input rule
+            if exc.counted:
                 self.holder.reject(endpoint, exc.reason, time.perf_counter() - started)
-            headers = {"x-request-id": request_id_for(scope)}
-            await _error(send, exc.status, exc.message, headers, exc.reason or None)
+            headers = _id_header(scope)
+            reason = exc.reason or None
+            if exc.status == 408:  # the rest of the body may still come: end the connection
+                headers["connection"] = "close"
+                reason = "body_timeout"
+            await _error(send, exc.status, exc.message, headers, reason)
             return None
 
     async def _not_ready(self, send: Send) -> None:
@@ -258,7 +309,7 @@ class ModelApp:
         body = await self._body(scope, receive, send, "predict")
         if body is None:
             return
-        reply = plane.predict(body, _client_request_id(scope))
+        reply = plane.predict(body, _client_request_id(scope), _proposed_feedback_id(scope))
         await send_reply(send, reply.status, reply.body(), reply.headers)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -272,7 +323,7 @@ class ModelApp:
         if not self._version_known(scope):
             self.holder.reject("infer", "unknown_model", 0.0)
             message = f"version {scope['model_version']!r} is not served here"
-            await _error(send, 404, message, reason="unknown_model")
+            await _error(send, 404, message, _id_header(scope), reason="unknown_model")
             return
         raw_length = _header(scope, b"inference-header-content-length")
         header_length = None
@@ -280,10 +331,16 @@ class ModelApp:
             if not raw_length.isdigit():
                 self.holder.reject("infer", "bad_structure", 0.0)
                 message = "inference-header-content-length must be an integer"
-                await _error(send, 400, message, reason="bad_structure")
+                await _error(send, 400, message, _id_header(scope), reason="bad_structure")
                 return
             header_length = int(raw_length)
-        reply = plane.infer_v2(scope["model_name"], body, header_length=header_length)
+        reply = plane.infer_v2(
+            scope["model_name"],
+            body,
+            header_length=header_length,
+            request_id=_client_request_id(scope),
+            feedback_id=_proposed_feedback_id(scope),
+        )
         await send_reply(send, reply.status, reply.body(), reply.headers)
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:

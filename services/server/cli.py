@@ -12,15 +12,20 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from .settings import TRACKS, Settings, SettingsError, env_int
+from .settings import TRACKS, Settings, SettingsError, env_float, env_int
 
 HOME_PREFIX = "mlrollout-serve-"
 EXIT_USAGE = 2
@@ -60,6 +65,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="rows per drift test window (default: $MLROLLOUT_DRIFT_WINDOW or 1000)",
+    )
+    add(
+        "--feedback-bytes",
+        type=int,
+        default=None,
+        help="bytes of predictions kept for /feedback, 0 = off "
+        f"(default: $MLROLLOUT_FEEDBACK_BYTES or {Settings.feedback_bytes})",
+    )
+    add(
+        "--max-header-bytes",
+        type=int,
+        default=None,
+        help="request line + headers limit, larger is 431 "
+        f"(default: $MLROLLOUT_MAX_HEADER_BYTES or {Settings.max_header_bytes})",
+    )
+    add(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds for a request's headers to arrive, else 408 "
+        f"(default: $MLROLLOUT_HEADER_TIMEOUT_S or {Settings.header_timeout_s:g})",
+    )
+    add(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help="seconds for a request's body to arrive once its headers have, else 408 "
+        f"(default: $MLROLLOUT_BODY_TIMEOUT_S or {Settings.body_timeout_s:g})",
     )
     add("--tracing", action="store_true", help="let OpenTelemetry trace the model routes too")
     add("--access-log", action="store_true", help="log every request (BentoML access log)")
@@ -116,6 +149,24 @@ def run(args: argparse.Namespace) -> int:
             ),
             tracing=args.tracing,
             access_log=args.access_log,
+            feedback_bytes=_or_env(
+                args.feedback_bytes, env_int, "MLROLLOUT_FEEDBACK_BYTES", Settings.feedback_bytes
+            ),
+            max_header_bytes=_or_env(
+                args.max_header_bytes,
+                env_int,
+                "MLROLLOUT_MAX_HEADER_BYTES",
+                Settings.max_header_bytes,
+            ),
+            header_timeout_s=_or_env(
+                args.header_timeout,
+                env_float,
+                "MLROLLOUT_HEADER_TIMEOUT_S",
+                Settings.header_timeout_s,
+            ),
+            body_timeout_s=_or_env(
+                args.body_timeout, env_float, "MLROLLOUT_BODY_TIMEOUT_S", Settings.body_timeout_s
+            ),
         )
     except SettingsError as exc:
         return _fail(EXIT_USAGE, str(exc))
@@ -136,9 +187,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ["BENTOML_HOME"] = home
     os.environ["BENTOML_DO_NOT_TRACK"] = "True"  # no usage analytics traffic
     try:
-        return _serve(args.host, args.port)
+        return _serve(args.host, args.port, _model_label(local))
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _or_env(given: Any, read: Any, name: str, default: Any) -> Any:
+    return given if given is not None else read(os.environ, name, default)
 
 
 def _remove_stale_homes() -> None:
@@ -159,7 +214,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _serve(host: str, port: int) -> int:
+def _model_label(artifact_dir: str) -> str:
+    try:
+        card = json.loads((Path(artifact_dir) / "model.json").read_text())
+        return f"{card['name']} {card['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return artifact_dir
+
+
+def _serve(host: str, port: int, label: str = "the model") -> int:
     # Imported only now: BentoML reads BENTOML_HOME when it is first used.
     from _bentoml_impl.server import serve_http
 
@@ -167,6 +230,27 @@ def _serve(host: str, port: int) -> int:
 
     svc = service.service
     svc.inject_config()
+    threading.Thread(target=_say_ready, args=(host, port, label), daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         serve_http(svc, host=host, port=port)
     return 0
+
+
+def _say_ready(host: str, port: int, label: str, timeout: float = 600.0) -> None:
+    """Print one line once /readyz answers 200, so a user (or a script) knows."""
+    base = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    print(
+                        f"ready: serving {label} "
+                        f"on {base} (POST {base}/predict, OIP {base}/v2/models/..., "
+                        f"metrics {base}/metrics)",
+                        flush=True,
+                    )
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)

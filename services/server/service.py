@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 import bentoml
 
 from .app import FastPath, Holder, ModelApp, Rejecter
+from .guard import install as install_http_guard
 from .settings import HOT_ROUTES, Settings
 
 if TYPE_CHECKING:
@@ -40,7 +41,18 @@ logger = logging.getLogger("mlrollout.server")
 
 settings = Settings.from_env()
 holder = Holder()
-app = ModelApp(holder, max_body_bytes=settings.max_body_bytes)
+app = ModelApp(
+    holder, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+)
+
+
+def count_refusal(reason: str) -> None:
+    holder.count_refusal(reason)
+
+
+# Header size/time limits and upgrade refusals for the uvicorn BentoML starts in this
+# worker (guard.py says why this is a patch of uvicorn's protocol table).
+install_http_guard(settings.http_limits, on_refusal=count_refusal)
 
 
 def load_into(target: Holder, current: Settings) -> None:
@@ -60,6 +72,7 @@ def load_into(target: Holder, current: Settings) -> None:
             track=current.track,
             max_body_bytes=current.max_body_bytes,
             drift_window=current.drift_window,
+            feedback_bytes=current.feedback_bytes,
         )
     except Exception as exc:
         target.error = f"cannot load {current.artifact}: {exc}"
@@ -68,6 +81,7 @@ def load_into(target: Holder, current: Settings) -> None:
     target.model_name = plane.name
     target.model_version = plane.version
     target.reject = rejecter(plane)
+    target.count_refusal = plane.metrics.count_http_refusal
     target.dataplane = plane
     logger.info("model %s %s ready in %.2fs", plane.name, plane.version, time.monotonic() - started)
 
@@ -76,7 +90,8 @@ def rejecter(plane: Dataplane) -> Rejecter:
     """Count input refused by the HTTP layer the same way the dataplane counts its own."""
 
     def reject(endpoint: str, reason: str, seconds: float) -> None:
-        plane.metrics.count_violation(reason)
+        if reason:  # "" answers a request that broke no input rule (a body too slow)
+            plane.metrics.count_violation(reason)
         plane.metrics.observe_request(endpoint, "client_error", seconds)
 
     return reject

@@ -9,7 +9,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mlrollout.services.model.feedback import DEFAULT_CAPACITY_BYTES, MIN_CAPACITY_BYTES
+
 from .app import DEFAULT_MAX_BODY_BYTES
+from .guard import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    HttpLimits,
+)
 
 TRACKS = ("stable", "canary")
 # OpenTelemetry's exclude list is matched with re.search against the full URL.
@@ -33,6 +41,16 @@ class Settings:
     # Rows per drift test window: smaller windows alarm sooner on low traffic, at the cost of
     # power per window (the false-alarm rate per window stays as stated; docs/drift.md).
     drift_window: int = 1000
+    # Predictions kept for feedback, in bytes (docs/serving.md, "Feedback"); 0 = off.
+    feedback_bytes: int = DEFAULT_CAPACITY_BYTES
+    # HTTP limits enforced before a request reaches the app (guard.py) and on the body.
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.max_header_bytes, self.header_timeout_s, self.body_timeout_s)
 
     def __post_init__(self) -> None:
         if self.track not in TRACKS:
@@ -54,6 +72,13 @@ class Settings:
             )
         if not self.deployment or len(self.deployment) > 63:
             raise SettingsError("deployment must be a name of 1 to 63 characters")
+        if self.feedback_bytes != 0 and not MIN_CAPACITY_BYTES <= self.feedback_bytes <= 1 << 40:
+            raise SettingsError(
+                f"feedback store size must be 0 (off) or at least {MIN_CAPACITY_BYTES} bytes, "
+                f"got {self.feedback_bytes}"
+            )
+        for problem in self.http_limits.problems():
+            raise SettingsError(problem)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +93,10 @@ class Settings:
             tracing=env.get("MLROLLOUT_TRACING", "0") not in ("", "0", "false"),
             access_log=env.get("MLROLLOUT_ACCESS_LOG", "0") not in ("", "0", "false"),
             drift_window=env_int(env, "MLROLLOUT_DRIFT_WINDOW", 1000),
+            feedback_bytes=env_int(env, "MLROLLOUT_FEEDBACK_BYTES", DEFAULT_CAPACITY_BYTES),
+            max_header_bytes=env_int(env, "MLROLLOUT_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES),
+            header_timeout_s=env_float(env, "MLROLLOUT_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=env_float(env, "MLROLLOUT_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -81,6 +110,10 @@ class Settings:
             "MLROLLOUT_TRACING": "1" if self.tracing else "0",
             "MLROLLOUT_ACCESS_LOG": "1" if self.access_log else "0",
             "MLROLLOUT_DRIFT_WINDOW": str(self.drift_window),
+            "MLROLLOUT_FEEDBACK_BYTES": str(self.feedback_bytes),
+            "MLROLLOUT_MAX_HEADER_BYTES": str(self.max_header_bytes),
+            "MLROLLOUT_HEADER_TIMEOUT_S": repr(self.header_timeout_s),
+            "MLROLLOUT_BODY_TIMEOUT_S": repr(self.body_timeout_s),
         }
 
 
@@ -92,3 +125,13 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None

@@ -30,6 +30,7 @@ from mlrollout.operator.interfaces import (
     Sample,
 )
 from mlrollout.operator.model import ModelDeploymentSpec, ModelDeploymentStatus
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Scenario:
         self.failing: frozenset[str] = frozenset()
         self.custom: dict[str, float] = {}
         self.last: Decision | None = None
+        self.router_guard: dict[str, Any] | None = None  # what the router guard reports
 
     def set_model(self, version: str, **extra: Any) -> None:
         model = {
@@ -153,7 +155,8 @@ class Scenario:
                 custom=self.custom,
                 failing=self.failing,
             )
-            decision = decide(spec, status, Observations(states, metrics), self.now)
+            observed = Observations(states, metrics, router_guard=self.router_guard)
+            decision = decide(spec, status, observed, self.now)
         self.status = decision.status.to_json()
         self.events.extend(decision.events)
         if decision.wanted is not None:
@@ -217,21 +220,33 @@ class FakeRouter:
     """A TrafficRouter holding the table in memory."""
 
     def __init__(self, log: list[str] | None = None) -> None:
-        self.table: dict[str, Any] | None = None
-        self.tables: list[dict[str, Any]] = []  # every table written, in order
+        self.routes: RoutingTable | None = None
+        self.tables: list[dict[str, Any]] = []  # every table written, as documents, in order
         self.writes = 0
         self.log = log if log is not None else []
+        self.guard: dict[str, Any] | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
-        self.table = dict(table)
-        self.tables.append(dict(table))
+    @property
+    def table(self) -> dict[str, Any] | None:
+        """The table in force as its document (what tests compare)."""
+        return None if self.routes is None else self.routes.to_doc()
+
+    @table.setter
+    def table(self, doc: dict[str, Any] | None) -> None:
+        self.routes = None if doc is None else parse_table(doc)
+
+    def set_routes(self, table: RoutingTable) -> None:
+        self.routes = table
+        self.tables.append(table.to_doc())
         self.writes += 1
-        self.log.append(
-            "route " + ",".join(f"{k}={v}" for k, v in sorted(table["weights"].items()))
-        )
+        self.log.append("route " + ",".join(f"{k}={v}" for k, v in sorted(table.weights.items())))
 
-    def get_routes(self) -> dict[str, Any] | None:
-        return self.table
+    def get_routes(self) -> RoutingTable | None:
+        return self.routes
+
+    def guard_report(self) -> dict[str, Any] | None:
+        """What a router's guard would report: set ``guard`` to simulate a trip."""
+        return self.guard
 
 
 class FakeMetrics:

@@ -110,7 +110,7 @@ def test_model_server_metrics_are_the_documented_ones(
     with serve_model(artifact, args=("--deployment", "qa")) as srv:
         # One full drift window, so the per-window gauges have samples too.
         answer = post(srv.url + "/predict", {"records": rows})
-        post(srv.url + "/feedback", {"request_id": answer["request_id"], "labels": [0] * 1000})
+        post(srv.url + "/feedback", {"feedback_id": answer["feedback_id"], "labels": [0] * 1000})
         with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
     regressor_only = ("mlrollout_feedback_abs_error", "mlrollout_feedback_squared_error")

@@ -14,6 +14,7 @@ import string
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -141,6 +142,15 @@ def test_health_and_readiness_routes(
     assert request(server, "/v2/models/no-such-model/ready")[0] == 404
 
 
+def test_serve_says_when_it_is_ready(server: RunningServer) -> None:
+    """Issue 13: `serve` never printed a "ready" line."""
+    deadline = time.monotonic() + 20
+    while "ready: serving" not in server.log_tail(200) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    line = next(ln for ln in server.log_tail(200).splitlines() if "ready: serving" in ln)
+    assert f"http://127.0.0.1:{server.port}" in line and "/predict" in line
+
+
 def test_predict_instances_and_records(
     server: RunningServer, example_artifacts: dict[str, Path]
 ) -> None:
@@ -211,8 +221,47 @@ def test_oip_v2_with_tritonclient(
             labels = result.as_numpy(label_output)
             assert labels is not None
             assert labels.tolist() == expected["predictions"]
+            # Issue 13 section 4: an OIP client can give feedback, keyed by the server-issued
+            # id the response carries in its parameters.
+            feedback_id = result.get_response()["parameters"]["feedback_id"]
+            truth = [r["label"] for r in rows]
+            status, judged, _ = post_json(
+                server, "/feedback", {"feedback_id": feedback_id, "labels": truth}
+            )
+            assert status == 200, judged
+            assert judged["correct"] + judged["incorrect"] == len(rows)
     finally:
         client.close()
+
+
+def test_every_prediction_path_returns_the_request_and_feedback_ids(
+    server: RunningServer, example_artifacts: dict[str, Path]
+) -> None:
+    meta = card(example_artifacts["v1"])
+    rows = records(example_artifacts, 2)
+    names = [f["name"] for f in meta["inputs"]["features"]]
+    matrix = [[r["record"][n] for n in names] for r in rows]
+    tensor = {"name": "X", "shape": [2, len(names)], "datatype": "FP64", "data": matrix}
+    infer = f"/v2/models/{meta['name']}/infer"
+    versioned = f"/v2/models/{meta['name']}/versions/{meta['version']}/infer"
+    for path, body, given, expected_id in [
+        ("/predict", {"instances": matrix}, {"x-request-id": "p-1"}, "p-1"),
+        ("/predict", {"instances": matrix}, {}, None),
+        (infer, {"id": "oip-body-id", "inputs": [tensor]}, {"x-request-id": "hdr"}, "oip-body-id"),
+        (infer, {"inputs": [tensor]}, {"x-request-id": "hdr-only"}, "hdr-only"),
+        (versioned, {"inputs": [tensor]}, {}, None),
+    ]:
+        status, answer, headers = post_json(server, path, body, headers=given)
+        assert status == 200, (path, answer)
+        assert headers.get("x-request-id"), path
+        if expected_id is not None:
+            assert headers["x-request-id"] == expected_id, path
+        fid = headers["x-mlrollout-feedback-id"]
+        assert fid == (answer.get("feedback_id") or answer["parameters"]["feedback_id"])
+    # Refusals carry the id too, so a client can find its failed request in the logs.
+    for path in (infer, versioned.replace(meta["version"], "v999"), "/predict"):
+        status, _, headers = post_json(server, path, {"bad": 1}, headers={"x-request-id": "r-9"})
+        assert 400 <= status < 500 and headers.get("x-request-id") == "r-9", path
 
 
 # --- bad input ---------------------------------------------------------------------------
@@ -341,8 +390,9 @@ def test_feedback_updates_the_accuracy_counters(
     truth = [r["label"] for r in rows]
     hits = sum(p == t for p, t in zip(body["predictions"], truth, strict=True))
     before = series(server)
+    label = {"feedback_id": body["feedback_id"], "labels": truth}
 
-    status, judged, _ = post_json(server, "/feedback", {"request_id": "fb-1", "labels": truth})
+    status, judged, _ = post_json(server, "/feedback", label)
     assert status == 200, judged
     assert (judged["correct"], judged["incorrect"]) == (hits, len(truth) - hits)
     after = series(server)
@@ -350,9 +400,14 @@ def test_feedback_updates_the_accuracy_counters(
         name = "mlrollout_feedback_total"
         assert value(after, name, outcome=outcome) == value(before, name, outcome=outcome) + delta
 
-    # Each prediction is judged once; a repeat counts as unmatched.
-    status, again, _ = post_json(server, "/feedback", {"request_id": "fb-1", "labels": truth})
-    assert (status, again["unmatched"]) == (200, len(truth))
+    # Each prediction is judged once; a repeat is refused, as is the client's request id.
+    status, again, _ = post_json(server, "/feedback", label)
+    assert (status, again["reason"]) == (409, "duplicate_feedback")
+    status, other, _ = post_json(server, "/feedback", {"feedback_id": "fb-1", "labels": truth})
+    assert (status, other["reason"]) == (404, "unknown_feedback_id")
+    assert value(series(server), "mlrollout_feedback_total", outcome="unmatched") == value(
+        before, "mlrollout_feedback_total", outcome="unmatched"
+    )
 
 
 def test_readiness_waits_for_the_model_under_bentoml_serve(

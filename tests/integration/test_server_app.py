@@ -38,12 +38,20 @@ class FakePlane:
         self.calls: list[tuple[str, Any]] = []
         self.rejected: list[tuple[str, str]] = []
 
-    def predict(self, body: bytes, request_id: str | None = None) -> FakeReply:
+    def predict(
+        self, body: bytes, request_id: str | None = None, feedback_id: str | None = None
+    ) -> FakeReply:
         self.calls.append(("predict", (body, request_id)))
         return FakeReply(200, {"request_id": request_id}, {"x-request-id": str(request_id)})
 
     def infer_v2(
-        self, model_name: str, body: bytes, *, header_length: int | None = None
+        self,
+        model_name: str,
+        body: bytes,
+        *,
+        header_length: int | None = None,
+        request_id: str | None = None,
+        feedback_id: str | None = None,
     ) -> FakeReply:
         self.calls.append(("infer", (model_name, body, header_length)))
         return FakeReply(200, {"outputs": []})

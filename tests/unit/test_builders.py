@@ -149,14 +149,15 @@ def test_routes_configmap_holds_the_table_as_json() -> None:
     assert json.loads(cm["data"]["table.json"]) == TABLE
 
 
-def test_router_can_read_only_its_configmap() -> None:
+def test_router_can_read_and_patch_only_its_configmap() -> None:
+    # patch: the guard's report goes into the same ConfigMap (key guard.json).
     account, role, binding, dep = b.router_objects(OWNER, SERVING)
     assert role["rules"] == [
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
             "resourceNames": ["fraud-routes"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["get", "list", "watch", "patch"],
         }
     ]
     assert binding["subjects"][0]["name"] == account["metadata"]["name"]

@@ -101,6 +101,12 @@ def _bodies() -> dict[Reason, tuple[str, bytes, str | None]]:
         Reason.WRONG_TYPE: ("predict", b'[{"a": 1, "b": 2, "c": "3", "d": 4, "e": 5}]', "c"),
         Reason.MISSING_VALUE: ("predict", b"[[1, 2, 3, null, 5]]", "d"),
         Reason.UNKNOWN_MODEL: ("infer", b'{"inputs": []}', None),
+        Reason.UNKNOWN_FEEDBACK_ID: (
+            "feedback",
+            b'{"feedback_id": "x", "label": 1}',
+            "feedback_id",
+        ),
+        Reason.DUPLICATE_FEEDBACK: ("feedback", b"", "feedback_id"),
     }
 
 
@@ -113,18 +119,25 @@ def test_every_reason_is_a_4xx_counted_once_and_explained(artifacts: dict[str, P
     for reason, (endpoint, body, field) in bodies.items():
         if endpoint == "predict":
             reply = dp.predict(body, None)
-        else:
+        elif endpoint == "infer":
             reply = dp.infer_v2("not-this-model", body)
+        else:
+            if reason is Reason.DUPLICATE_FEEDBACK:  # a second label for one prediction
+                fid = dp.predict(b"[[1, 2, 3, 4, 5]]", None).payload["feedback_id"]
+                body = json.dumps({"feedback_id": fid, "label": 1}).encode()
+                assert dp.feedback(body).status == 200
+            reply = dp.feedback(body)
         assert 400 <= reply.status < 500, reason
         assert reply.payload["reason"] == reason.value
         assert reply.payload["field"] == field
         if field is not None:
-            assert repr(field) in reply.payload["error"]
+            assert (field if endpoint == "feedback" else repr(field)) in reply.payload["error"]
         assert dp.metrics.snapshot()["violations"][reason.value] == 1, reason
     snap = dp.metrics.snapshot()
-    assert snap["requests"][("predict", "client_error")] == len(bodies) - 1
+    assert snap["requests"][("predict", "client_error")] == len(bodies) - 3
     assert snap["requests"][("infer", "client_error")] == 1
-    assert snap["rows"] == 0
+    assert snap["requests"][("feedback", "client_error")] == 2
+    assert snap["rows"] == 1  # the prediction that was labelled twice
     text = dp.render_metrics()[0].decode()
     assert 'reason="missing_value",track="canary",version="v1"} 1.0' in text
 
@@ -174,11 +187,12 @@ def test_fault_rate_from_env() -> None:
 def test_feedback_measures_online_accuracy(artifacts: dict[str, Path]) -> None:
     dp = make(artifacts)
     X, y = numeric_data(rows=200, seed=5)  # other rows than training
-    predicted = []
+    predicted, ids = [], []
     for i, row in enumerate(X.tolist()):
         reply = dp.predict(json.dumps([row]).encode(), f"r{i}")
         predicted.append(reply.payload["predictions"][0])
-    feedback = [{"request_id": f"r{i}", "label": int(label)} for i, label in enumerate(y)]
+        ids.append(reply.payload["feedback_id"])
+    feedback = [{"feedback_id": ids[i], "label": int(label)} for i, label in enumerate(y)]
     reply = dp.feedback(json.dumps(feedback[:150]).encode())
     reply2 = dp.feedback(json.dumps(feedback[150:]).encode())
     expected_correct = int(np.sum(np.array(predicted) == y))
@@ -189,28 +203,34 @@ def test_feedback_measures_online_accuracy(artifacts: dict[str, Path]) -> None:
         "unmatched": 0,
     }
     assert dp.metrics.snapshot()["feedback"] == total
-    # Judged once: the same ids again are unmatched, as are unknown ones.
-    again = dp.feedback(json.dumps([feedback[0], {"request_id": "nope", "label": 1}]).encode())
-    assert again.payload == {"correct": 0, "incorrect": 0, "unmatched": 2}
+    # Judged once: the same id again is refused (409), as is an id never issued (404).
+    again = dp.feedback(json.dumps(feedback[0]).encode())
+    assert again.status == 409
+    unknown = dp.feedback(json.dumps({"feedback_id": "nope", "label": 1}).encode())
+    assert unknown.status == 404
+    assert dp.metrics.snapshot()["feedback"] == total
 
 
 def test_feedback_for_batches_and_label_spellings(artifacts: dict[str, Path]) -> None:
     dp = make(artifacts)
     reply = dp.predict(b"[[1, 2, 3, 4, 5], [-1, -2, -3, -4, -5]]", "batch")
-    labels = reply.payload["predictions"]
+    labels, fid = reply.payload["predictions"], reply.payload["feedback_id"]
     truth = [float(labels[0]), str(1 - labels[1])]  # 1.0 and "0" spell the classes 1 and 0
-    reply = dp.feedback(json.dumps({"request_id": "batch", "labels": truth}).encode())
+    reply = dp.feedback(json.dumps({"feedback_id": fid, "labels": truth}).encode())
     assert reply.payload == {"correct": 1, "incorrect": 1, "unmatched": 0}
 
 
 def test_feedback_memory_is_bounded(artifacts: dict[str, Path]) -> None:
-    dp = make(artifacts, feedback_capacity=2)
-    for rid in ("a", "b", "c"):
-        dp.predict(b"[[1, 2, 3, 4, 5]]", rid)
-    body = json.dumps([{"request_id": r, "label": 0} for r in ("a", "b", "c")]).encode()
+    from mlrollout.services.model.feedback import ENTRY_OVERHEAD, MIN_CAPACITY_BYTES
+
+    dp = make(artifacts, feedback_bytes=MIN_CAPACITY_BYTES)
+    # The predictions' share of the budget holds this many one-row entries.
+    room = (MIN_CAPACITY_BYTES - MIN_CAPACITY_BYTES // 8) // (1 + ENTRY_OVERHEAD)
+    ids = [dp.predict(b"[[1, 2, 3, 4, 5]]", None).payload["feedback_id"] for _ in range(room + 1)]
+    body = json.dumps([{"feedback_id": r, "label": 0} for r in ids]).encode()
     reply = dp.feedback(body)
-    assert reply.payload["unmatched"] == 1
-    assert reply.payload["correct"] + reply.payload["incorrect"] == 2
+    assert reply.payload["unmatched"] == 1  # the oldest was evicted
+    assert reply.payload["correct"] + reply.payload["incorrect"] == room
 
 
 @pytest.mark.parametrize(
@@ -219,12 +239,14 @@ def test_feedback_memory_is_bounded(artifacts: dict[str, Path]) -> None:
         (b"{", Reason.MALFORMED_JSON, None),
         (b"[]", Reason.EMPTY_BATCH, None),
         (b"[1]", Reason.BAD_STRUCTURE, None),
-        (b'{"label": 1}', Reason.MISSING_FEATURE, "request_id"),
-        (b'{"request_id": "a"}', Reason.MISSING_FEATURE, "label"),
-        (b'{"request_id": "a", "label": 1, "labels": [1]}', Reason.MISSING_FEATURE, "label"),
-        (b'{"request_id": "a", "label": 1, "extra": 2}', Reason.UNKNOWN_FEATURE, "extra"),
-        (b'{"request_id": "a", "label": null}', Reason.WRONG_TYPE, "label"),
-        (b'{"request_id": "a", "labels": []}', Reason.WRONG_TYPE, "labels"),
+        (b'{"label": 1}', Reason.MISSING_FEATURE, "feedback_id"),
+        (b'{"request_id": "a", "label": 1}', Reason.MISSING_FEATURE, "feedback_id"),
+        (b'{"feedback_id": "a"}', Reason.MISSING_FEATURE, "label"),
+        (b'{"feedback_id": "a", "label": 1, "labels": [1]}', Reason.MISSING_FEATURE, "label"),
+        (b'{"feedback_id": "a", "label": 1, "extra": 2}', Reason.UNKNOWN_FEATURE, "extra"),
+        (b'{"feedback_id": "a", "label": null}', Reason.WRONG_TYPE, "label"),
+        (b'{"feedback_id": "a", "labels": []}', Reason.WRONG_TYPE, "labels"),
+        (b'{"feedback_id": "a", "label": 1}', Reason.UNKNOWN_FEEDBACK_ID, "feedback_id"),
     ],
 )
 def test_bad_feedback_is_refused(
@@ -463,7 +485,12 @@ def test_feedback_for_a_regressor_measures_online_error(tmp_path: Path) -> None:
     assert reply.status == 200
     predicted = np.asarray(reply.payload["predictions"], dtype=float)
     truth = predicted + np.array([1.0, -2.0, 0.5, 0.0])
-    body = [{"request_id": "reg-1", "labels": truth.tolist()}, {"request_id": "gone", "label": 3}]
+    # An id this server issued but no longer holds counts as unmatched.
+    gone = dp.feedback_store.new_id()
+    body = [
+        {"feedback_id": reply.payload["feedback_id"], "labels": truth.tolist()},
+        {"feedback_id": gone, "label": 3},
+    ]
     reply = dp.feedback(json.dumps(body).encode())
     assert reply.status == 200
     assert reply.payload["scored"] == 4 and reply.payload["unmatched"] == 1
@@ -477,10 +504,9 @@ def test_feedback_for_a_regressor_measures_online_error(tmp_path: Path) -> None:
     assert samples["mlrollout_feedback_abs_error_sum"] == pytest.approx(3.5, rel=1e-4)
     assert samples["mlrollout_feedback_squared_error_sum"] == pytest.approx(5.25, rel=1e-4)
     # A label that is not a number is refused and judges nothing.
-    dp.predict(json.dumps(records(X[:1])).encode(), "reg-2")
-    bad = dp.feedback(json.dumps({"request_id": "reg-2", "label": "high"}).encode())
+    fid = dp.predict(json.dumps(records(X[:1])).encode(), "reg-2").payload["feedback_id"]
+    bad = dp.feedback(json.dumps({"feedback_id": fid, "label": "high"}).encode())
     assert bad.status == 422 and bad.payload["reason"] == "wrong_type"
     assert (
-        dp.feedback(json.dumps({"request_id": "reg-2", "label": 1.0}).encode()).payload["scored"]
-        == 1
+        dp.feedback(json.dumps({"feedback_id": fid, "label": 1.0}).encode()).payload["scored"] == 1
     )

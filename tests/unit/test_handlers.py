@@ -16,8 +16,9 @@ from mlrollout.operator import builders as b
 from mlrollout.operator import handlers as h
 from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, RevisionState, Sample
 from mlrollout.operator.model import Traffic
-from mlrollout.operator.reconcile import ReconcileResult
+from mlrollout.operator.reconcile import ReconcileResult, load_status
 from mlrollout.operator.settings import OperatorSettings
+from mlrollout.services.router.table import RoutingTable
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -39,13 +40,16 @@ class FakeRuntime:
 
 class FakeRouter:
     def __init__(self) -> None:
-        self.table: dict[str, Any] | None = None
+        self.table: RoutingTable | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         self.table = table
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         return self.table
+
+    def guard_report(self) -> dict[str, Any] | None:
+        return None
 
 
 class FakePlugins:
@@ -89,7 +93,13 @@ class Scripted:
 def result(
     status: dict[str, Any], events: tuple[Event, ...] = (), requeue: float = 30.0
 ) -> ReconcileResult:
-    return ReconcileResult(status=status, events=events, requeue_after=requeue, decision=None)  # type: ignore[arg-type]
+    return ReconcileResult(
+        status=status,
+        events=events,
+        requeue_after=requeue,
+        decision=None,  # type: ignore[arg-type]
+        state=load_status(status),
+    )
 
 
 class Clock:
@@ -393,7 +403,7 @@ def test_first_reconcile_starts_the_stable_revision_and_routes_to_it() -> None:
     (wanted,) = {tuple(c) for c in plugins.runtimes[0].calls}
     assert len(wanted) == 1
     assert plugins.routers[0].table is not None
-    assert plugins.routers[0].table["weights"] == {"stable": 100}
+    assert plugins.routers[0].table.weights == {"stable": 100}
     assert patch["status"]["observedGeneration"] == 3
 
 

@@ -72,3 +72,33 @@ def test_terminal_output_redraws_in_place() -> None:
     display.note("promoted v2")
     assert out.getvalue().count(f"\x1b[{n}F\x1b[J") == 2
     assert out.getvalue().endswith("promoted v2\n")
+
+
+def test_limits_are_shown_as_the_spec_wrote_them_with_units() -> None:
+    """Issue 13: `feedbackAccuracy 0.9896 vs 0.02` showed maxDecrease as if it were the
+    limit; latency had no unit; `errorRateVsStable 0 vs 0` said nothing."""
+    from mlrollout.operator.ctl.limits import check_limits
+    from mlrollout.operator.model import Analysis
+
+    analysis = Analysis.model_validate(
+        {"metrics": {"feedbackAccuracy": {"minAccuracy": 0.9}, "latency": {"maxSeconds": 0.5}}}
+    )
+    entry = TimelineEntry(
+        0.0,
+        "Progressing",
+        {"stable": 90, "canary": 10},
+        step=0,
+        stable_version="v1",
+        canary_version="v2",
+        checks=(
+            CheckPoint("feedbackAccuracy", 0.9896, 0.02, "pass"),
+            CheckPoint("latency", 0.0123, 0.5, "pass"),
+            CheckPoint("errorRateVsStable", 0.0, 0.0, "pass"),
+        ),
+    )
+    lines = render(entry, "fraud", 2, limits=check_limits(analysis))
+    text = "\n".join(lines)
+    assert "vs 0.02" not in text
+    assert ">= 0.9, drop vs stable <= 0.02" in lines[1]
+    assert "12.3ms" in lines[2] and "p95 <= 500ms" in lines[2]
+    assert "increase over stable <= +0" in lines[3] and "+0 " in lines[3]

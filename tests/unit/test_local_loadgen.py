@@ -15,6 +15,7 @@ from mlrollout.operator.local.loadgen import (
     Record,
     generate,
     parse_records,
+    replay_order,
     wants_feedback,
 )
 from mlrollout.services.netutil import free_port
@@ -69,7 +70,13 @@ class FakeModel:
         rid = request.headers["x-request-id"]
         if len(self.predictions) % 5 == 0:
             return web.json_response({"error": "boom"}, status=500)
-        headers = {"x-request-id": rid, "x-mlrollout-track": "canary"}
+        version = "v2" if len(self.predictions) % 2 else "v1"
+        headers = {
+            "x-request-id": rid,
+            "x-mlrollout-track": "canary",
+            "x-mlrollout-version": version,
+            "x-mlrollout-feedback-id": f"fb-{rid}",
+        }
         return web.json_response({"predictions": [0] * len(body)}, headers=headers)
 
     async def fb(self, request: web.Request) -> web.Response:
@@ -105,7 +112,8 @@ async def test_counts_outcomes_and_sends_feedback(fake_model) -> None:
     assert all(len(body) == 2 for body in model.predictions)
     assert report.feedback_sent == len(model.feedback) > 0
     first, track = model.feedback[0]
-    assert first["request_id"].startswith("lg-") and len(first["labels"]) == 2
+    # Labels go with the server-issued feedback id, not the client's request id.
+    assert first["feedback_id"].startswith("fb-lg-") and len(first["labels"]) == 2
     assert track == "canary"  # sent back to the track that made the prediction
     assert json.loads(json.dumps(report.to_json()))["sent"] == 20
 
@@ -126,3 +134,82 @@ async def test_unreachable_backend_is_counted_not_raised() -> None:
     report = await generate(config, [Record({"a": 1})])
     assert report.statuses == {"connect_error": 3}
     assert report.failed == 3 and report.feedback_sent == 0
+
+
+async def test_counts_per_version_and_per_second_with_progress(fake_model) -> None:
+    url, _model = fake_model
+    seen: list[str] = []
+    config = LoadConfig(url=url, rate=40, count=60)
+    report = await generate(
+        config, [Record({"a": 1})], None, lambda r: seen.append(r.progress()), 0.5
+    )
+    doc = report.to_json()
+    assert sum(doc["versions"].values()) == report.ok == 48
+    assert set(doc["versions"]) == {"v1", "v2"}
+    series = doc["series"]
+    assert [b["t"] for b in series] == sorted(b["t"] for b in series) and len(series) >= 2
+    assert sum(b["sent"] for b in series) == 60
+    assert sum(b["ok"] for b in series) == 48 and sum(b["failed"] for b in series) == 12
+    assert seen and "sent" in seen[0] and "ok" in seen[0]  # progress while running
+
+
+def test_replay_order_offset_and_seed() -> None:
+    assert replay_order(5) == [0, 1, 2, 3, 4]
+    assert replay_order(5, offset=2) == [2, 3, 4, 0, 1]
+    shuffled = replay_order(50, seed=7)
+    assert sorted(shuffled) == list(range(50)) and shuffled != list(range(50))
+    assert replay_order(50, seed=7) == shuffled  # same seed, same order
+    assert replay_order(50, offset=3, seed=7)[:2] == shuffled[3:5]
+
+
+async def test_offset_picks_the_first_record_sent(fake_model) -> None:
+    url, model = fake_model
+    records = [Record({"a": i}) for i in range(4)]
+    await generate(LoadConfig(url=url, rate=500, count=2, offset=3), records)
+    assert sorted(b[0]["a"] for b in model.predictions) == [0, 3]
+
+
+def test_exit_code_when_everything_failed() -> None:
+    from mlrollout.operator.local.loadgen import LoadReport, exit_code
+
+    report = LoadReport(sent=3)
+    for _ in range(3):
+        report.add(0, "connect_error", None)
+    code, why = exit_code(report, None)
+    assert code == 1 and "every request failed (connect_error x3)" in why
+    fine = LoadReport(sent=2)
+    fine.add(0, "200", "v1")
+    fine.add(0, "500", None)
+    assert exit_code(fine, None) == (0, "")
+    assert exit_code(fine, 0.2)[0] == 1
+
+
+def test_cli_exits_non_zero_when_every_request_failed(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"a": 1}\n')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlrollout.services.cli",
+            "loadgen",
+            f"http://127.0.0.1:{free_port()}",
+            "--records",
+            str(records),
+            "--count",
+            "3",
+            "--rate",
+            "50",
+            "--timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "every request failed" in out.stderr
+    assert out.stderr.startswith("sending 50 requests/s")

@@ -91,3 +91,23 @@ def test_model_card_must_match_the_spec(tmp_path: Path) -> None:
         check_local_uris(load_manifest(path))
     (artifact / "model.json").write_text('{"name": "fraud", "version": "v1"}')
     check_local_uris(load_manifest(path))
+
+
+def test_the_local_demo_header_gives_commands_that_exist() -> None:
+    """Issue 13: the header said `mlrollout dev -f` (no such flag) and that paths were
+    relative to the working directory (they are relative to the file)."""
+    import shlex
+
+    from mlrollout.services import cli
+
+    path = Path(__file__).parents[2] / "examples" / "local-demo.yaml"
+    header = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    commands = [ln.split("#")[0].strip() for ln in header if ln.startswith("mlrollout ")]
+    assert len(commands) >= 2
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        parser, _module = cli.command_parser(argv[0])
+        parser.parse_args(argv[1:])  # exits (SystemExit) on an unknown flag
+    assert "relative to this file" in " ".join(header)
+    manifest = load_manifest(path)
+    assert manifest.base_dir == path.parent

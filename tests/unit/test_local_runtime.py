@@ -134,3 +134,13 @@ def test_a_server_that_cannot_start_is_not_ready(tmp_path: Path) -> None:
         rt = LocalRuntime(sup, tmp_path, command=lambda *a: ["/nonexistent/serve"])
         state = rt.ensure_revisions(KEY, {"rev-v1": _rev("v1")})["rev-v1"]
         assert not state.ready and "cannot start" in state.message
+
+
+def test_a_promoted_stable_restarted_is_not_announced_as_canary(runtime: LocalRuntime) -> None:
+    """Issue 13: on resume, a promoted stable (its track label stays canary) printed
+    `Started: serving v1 ... as canary`."""
+    promoted = _rev("v2", "canary")
+    runtime.ensure_revisions(KEY, {promoted.revision: promoted})
+    started = [e.message for _k, e in runtime.events if e.reason == "Started"]
+    assert started and all("as canary" not in m for m in started)
+    assert "v2 (rev-v2) on http://127.0.0.1:" in started[0]

@@ -17,12 +17,13 @@ from mlrollout.operator.local.session import (
     outcome_of,
     snake,
 )
+from mlrollout.operator.model import ModelDeploymentStatus
 
 STATUS = {
     "phase": "Progressing",
     "message": "step 1/3 at 20%: waiting for analysis to pass",
-    "stable": {"version": "v1"},
-    "canary": {"version": "v2"},
+    "stable": {"id": "r1", "name": "m", "version": "v1", "uri": "file:///m/v1"},
+    "canary": {"id": "r2", "name": "m", "version": "v2", "uri": "file:///m/v2"},
     "currentStep": 0,
     "weights": {"stable": 80, "canary": 20},
     "analysis": {
@@ -32,9 +33,9 @@ STATUS = {
         ]
     },
     "history": [
-        {"version": "v1", "outcome": "deployed"},
-        {"version": "v2", "outcome": "rolledBack"},
-        {"version": "v2", "outcome": "promoted"},
+        {"revision": "r1", "version": "v1", "outcome": "deployed", "at": "2026-01-01T12:00:00Z"},
+        {"revision": "r2", "version": "v2", "outcome": "rolledBack", "at": "2026-01-01T12:05:00Z"},
+        {"revision": "r2", "version": "v2", "outcome": "promoted", "at": "2026-01-01T12:09:00Z"},
     ],
 }
 
@@ -52,7 +53,7 @@ def test_snake(reason: str, name: str) -> None:
 
 
 def test_entry_carries_phase_weights_versions_and_checks() -> None:
-    entry = entry_from_status(STATUS, (), 12.5)
+    entry = entry_from_status(ModelDeploymentStatus.model_validate(STATUS), (), 12.5)
     assert (entry.t, entry.phase, entry.step) == (12.5, "Progressing", 0)
     assert dict(entry.weights) == {"stable": 80, "canary": 20}
     assert (entry.stable_version, entry.canary_version) == ("v1", "v2")
@@ -68,20 +69,21 @@ def test_the_most_important_event_is_marked() -> None:
         Event("Warning", "AnalysisFailed", "run 2/2: errorRate 0.3 > 0.05"),
         Event("Warning", "RolledBack", "canary v2: analysis failed"),
     )
-    entry = entry_from_status(STATUS, events, 0.0)
+    entry = entry_from_status(ModelDeploymentStatus.model_validate(STATUS), events, 0.0)
     assert entry.event == "rolled_back"
     assert "errorRate 0.3" in entry.reason and "analysis failed" in entry.reason
 
 
 def test_no_canary_means_no_step_and_no_checks() -> None:
     status = {**STATUS, "canary": None, "weights": {"stable": 100, "canary": 0}, "phase": "Healthy"}
-    entry = entry_from_status(status, (), 0.0)
+    entry = entry_from_status(ModelDeploymentStatus.model_validate(status), (), 0.0)
     assert entry.step is None and entry.checks == () and entry.canary_version is None
 
 
 def test_empty_status() -> None:
-    entry = entry_from_status({}, (), 0.0)
-    assert entry.phase == "" and dict(entry.weights) == {"stable": 100, "canary": 0}
+    entry = entry_from_status(ModelDeploymentStatus(), (), 0.0)
+    assert entry.phase == "Initializing" and dict(entry.weights) == {"stable": 100, "canary": 0}
+    assert entry.stable_version is None and entry.checks == ()
 
 
 @pytest.mark.parametrize(("version", "outcome"), [("v2", "promoted"), ("v1", None), ("v9", None)])

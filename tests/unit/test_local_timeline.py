@@ -109,3 +109,24 @@ def test_plot_of_an_empty_run_still_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "empty.png"
     plot(Timeline("fraud"), path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lines_break_across_gaps_and_relative_thresholds_are_not_drawn() -> None:
+    """Issue 13: threshold lines were drawn across gaps (no canary in between), and the
+    feedbackAccuracy line showed maxDecrease (a difference) next to an accuracy."""
+    tl = Timeline("fraud")
+    checks = (
+        CheckPoint("errorRate", 0.01, 0.05, "pass"),
+        CheckPoint("feedbackAccuracy", 0.98, 0.02, "pass"),
+        CheckPoint("errorRateVsStable", 0.0, 0.0, "pass"),
+    )
+    canary = {"stable": 90, "canary": 10}
+    tl.append(TimelineEntry(1.0, "Progressing", canary, canary_version="v2", checks=checks))
+    tl.append(TimelineEntry(2.0, "Healthy", {"stable": 100}))
+    tl.append(TimelineEntry(3.0, "Progressing", canary, canary_version="v3", checks=checks))
+    data = series(tl.entries, t0=0.0)
+    xs, ys = data["error rate"]["errorRate threshold"]
+    assert xs == [1.0, 2.0, 3.0] and math.isnan(ys[1]) and ys[0] == ys[2] == 0.05
+    assert math.isnan(data["error rate"]["errorRate"][1][1])
+    assert "feedbackAccuracy threshold" not in data["other"]
+    assert "errorRateVsStable threshold" not in data["error rate"]

@@ -87,9 +87,9 @@ def test_regressor_round_trip_through_the_dataplane(tmp_path: Path) -> None:
     infer = dp.infer_v2("price", json.dumps(body).encode())
     assert [o["name"] for o in infer.payload["outputs"]] == ["prediction"]
     # Delayed ground truth for a regressor is scored as error (MAE/RMSE series).
-    rid = reply.payload["request_id"]
+    fid = reply.payload["feedback_id"]
     truth = [float(v) + 1.0 for v in reply.payload["predictions"]]
-    scored = dp.feedback(json.dumps({"request_id": rid, "labels": truth}).encode()).payload
+    scored = dp.feedback(json.dumps({"feedback_id": fid, "labels": truth}).encode()).payload
     assert scored["scored"] == 4 and scored["unmatched"] == 0
     assert scored["mean_absolute_error"] == pytest.approx(1.0, rel=1e-3)
     assert "mlrollout_model_predictions_total" not in dp.render_metrics()[0].decode()

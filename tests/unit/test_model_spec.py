@@ -67,6 +67,21 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "shadowPercent needs the builtin router",
     ),
     (
+        with_(
+            traffic={
+                "router": "gatewayAPI",
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "agreement": {"percent": 10},
+            }
+        ),
+        "traffic.agreement needs the builtin router",
+        "agreement needs the builtin router",
+    ),
+    (with_(traffic={"agreement": {"percent": 101}}), "less than or equal to 100", None),
+    (with_(traffic={"agreement": {"source": "both"}}), "'canary' or 'stable'", None),
+    (with_(traffic={"guard": {"alpha": 0}}), "greater than 0", None),
+    (with_(traffic={"guard": {"maxRatio": 0.5}}), "greater than or equal to 1", None),
+    (
         with_(rollout={"analysis": {"metrics": {"custom": [{"name": "x", "query": "up"}]}}}),
         "set min, max or both",
         "set min, max or both",

@@ -92,22 +92,23 @@ def test_feedback_with_the_wrong_number_of_labels_is_refused_and_keeps_the_predi
     X, _ = numeric_data(rows=3, seed=5)
     reply = forest.predict(json.dumps(X.tolist()).encode(), "qa-three-rows")
     assert reply.status == 200
-    wrong = forest.feedback(json.dumps({"request_id": "qa-three-rows", "labels": [0]}).encode())
+    fid = reply.payload["feedback_id"]
+    wrong = forest.feedback(json.dumps({"feedback_id": fid, "labels": [0]}).encode())
     assert (wrong.status, wrong.payload["reason"]) == (400, "bad_structure"), wrong.payload
     assert wrong.payload["field"] == "labels" and "3 row(s)" in wrong.payload["error"]
     # Nothing was consumed: the right labels are still judged.
     labels = reply.payload["predictions"]
-    right = forest.feedback(json.dumps({"request_id": "qa-three-rows", "labels": labels}).encode())
+    right = forest.feedback(json.dumps({"feedback_id": fid, "labels": labels}).encode())
     assert right.payload == {"correct": 3, "incorrect": 0, "unmatched": 0}
 
 
 def test_one_bad_entry_refuses_the_whole_feedback_list(forest: Dataplane) -> None:
-    forest.predict(json.dumps([[0.0] * 5]).encode(), "qa-one-row")
+    one = forest.predict(json.dumps([[0.0] * 5]).encode(), "qa-one-row")
+    other = forest.predict(json.dumps([[0.0] * 5]).encode(), "qa-one-row-b")
     entries = [
-        {"request_id": "qa-one-row", "label": 0},
-        {"request_id": "qa-one-row-b", "labels": [0, 1]},
+        {"feedback_id": one.payload["feedback_id"], "label": 0},
+        {"feedback_id": other.payload["feedback_id"], "labels": [0, 1]},
     ]
-    forest.predict(json.dumps([[0.0] * 5]).encode(), "qa-one-row-b")
     assert forest.feedback(json.dumps(entries).encode()).status == 400
     again = forest.feedback(json.dumps(entries[:1]).encode())
     assert again.payload["unmatched"] == 0

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.interfaces import DeploymentKey, RoutesChanged
+from mlrollout.operator.interfaces import DeploymentKey, Event, RoutesChanged
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 from tests.doubles.decide import (
     FakeMetrics,
@@ -169,7 +170,12 @@ def test_a_failing_query_is_a_provider_error_not_a_crash() -> None:
 
 def test_generation_continues_from_the_table_in_force() -> None:
     loop = Loop()
-    loop.router.table = {"generation": 41, "deployment": "fraud", "weights": {"stable": 100}}
+    loop.router.table = {
+        "generation": 41,
+        "deployment": "fraud",
+        "backends": {"stable": {"url": "http://elsewhere", "version": "v0"}},
+        "weights": {"stable": 100},
+    }
     result = loop.run(spec())
     assert loop.router.table is not None and loop.router.table["generation"] == 42
     assert result.status["routingGeneration"] == 42
@@ -182,11 +188,11 @@ class RacedRouter(FakeRouter):
         super().__init__()
         self.races = races
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         if self.races > 0:
             self.races -= 1
-            gen = int((self.table or {}).get("generation", 0)) + 10
-            theirs = dict(table, generation=gen, weights={"stable": 99})
+            gen = (self.routes.generation if self.routes else 0) + 10
+            theirs = parse_table({**table.to_doc(), "generation": gen, "deployment": "theirs"})
             FakeRouter.set_routes(self, theirs)
             raise RoutesChanged("the routing table changed since it was read")
         super().set_routes(table)
@@ -274,3 +280,23 @@ def test_every_table_written_is_accepted_by_the_router_in_order() -> None:
         parsed = parse_table(table)
         assert check_successor(current, parsed)
         current = parsed
+
+
+def test_the_decision_is_told_before_its_consequence() -> None:
+    """Issue 13: `Stopped: v3` was printed before the failing analysis run that caused it."""
+
+    class TellingRuntime(FakeRuntime):
+        def record(self, deployment: DeploymentKey, event: Event) -> None:
+            super().record(deployment, event)
+            self.log.append(f"event {event.reason}")
+
+    loop = Loop()
+    loop.runtime = TellingRuntime(loop.log)
+    loop.run(spec())
+    loop.feed(spec("v2"), "v1", "v2", TrackTraffic(requests=1000, errors=300))
+    loop.run(spec("v2"))
+    loop.run(spec("v2"))
+    stop = loop.log.index("stop v2")
+    told = [e for e in loop.log[:stop] if e.startswith("event ")]
+    assert "event AnalysisFailed" in told and "event RolledBack" in told
+    assert not any(e.startswith("event ") for e in loop.log[stop:])

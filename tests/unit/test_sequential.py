@@ -52,7 +52,8 @@ def test_error_split_null_follows_share_and_ratio() -> None:
 def test_guard_grid_needs_three_canary_errors_at_ten_percent() -> None:
     # A canary failing most requests while stable fails none: every error is the canary's.
     assert sq.hits_needed(0.1, 0.01, sq.GUARD_RATIOS) == 3
-    # 50 % traffic: at most 2x per error; the definition says 8 (133 >= 100; 7 gives 66).
+    assert sq.hits_needed(0.1, 0.0025, sq.GUARD_RATIOS) == 3
+    # 50 % traffic: at most 2x per error, so 2^k / 3 >= 100 at best: 8 by the definition.
     assert sq.hits_needed(0.5, 0.01, sq.GUARD_RATIOS) == 8
     assert _brute_e(8, 0, 0.5, sq.GUARD_RATIOS) >= 100 > _brute_e(7, 0, 0.5, sq.GUARD_RATIOS)
 

@@ -1,0 +1,257 @@
+"""Reliability suite, model server part (issue 12): raw-socket abuse, HTTP fuzzing of every
+endpoint, and the feedback store's memory bound, against a real ``mlrollout serve``.
+
+Each defect the issue found has a regression test here that failed before the fix:
+a 64 MB header was accepted and stalled other requests; dripped headers kept a
+connection 150 s+; ``Upgrade: websocket`` / ``CONNECT`` got a 500 after 60 s; a partial
+body then silence got a 504 after 60 s not counted in ``mlrollout_model_requests_total``.
+Socket timeouts below are far above the server's limits (2 s here) and far below the
+old behaviour (60 s+): they decide pass or fail, never a latency figure.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.doubles.server import RunningServer
+
+pytestmark = pytest.mark.integration
+
+LIMIT_S = 2  # header and body time limits of the server under test
+SOCKET_TIMEOUT_S = 20  # an answer later than this is the old hang
+
+
+@pytest.fixture(scope="module")
+def server(serve_model: Any, example_artifacts: dict[str, Path]) -> Iterator[RunningServer]:
+    args = (
+        "--deployment", "rel", "--header-timeout", str(LIMIT_S), "--body-timeout", str(LIMIT_S),
+        "--feedback-bytes", str(4 << 20),
+    )  # fmt: skip
+    with serve_model(example_artifacts["v1"], args=args) as srv:
+        yield srv
+
+
+def connect(server: RunningServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_S)
+    sock.settimeout(SOCKET_TIMEOUT_S)
+    return sock
+
+
+def read_response(
+    sock: socket.socket, rest: bytearray | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (content-length bodies only), or raise on a closed socket.
+    Bytes read past it stay in ``rest`` for the next call (pipelined answers)."""
+    data = rest if rest is not None else bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} bytes: {bytes(data[:200])!r}")
+        data += chunk
+    end = data.index(b"\r\n\r\n")
+    lines = data[:end].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(data) < end + 4 + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    body = bytes(data[end + 4 : end + 4 + length])
+    del data[: end + 4 + length]
+    return status, headers, body
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+def get(server: RunningServer, path: str) -> int:
+    try:
+        with urllib.request.urlopen(server.url + path, timeout=SOCKET_TIMEOUT_S) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=SOCKET_TIMEOUT_S) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def record_body(example_artifacts: dict[str, Path], n: int = 1) -> bytes:
+    lines = (example_artifacts["v1"].parent / "traffic.jsonl").read_text().splitlines()[:n]
+    return json.dumps({"records": [json.loads(line)["record"] for line in lines]}).encode()
+
+
+# --- header size -------------------------------------------------------------------------
+
+
+def test_a_header_over_64_kib_is_431_and_does_not_stall_others(server: RunningServer) -> None:
+    sent = 0
+    outcome: dict[str, Any] = {}
+
+    def hostile() -> None:
+        nonlocal sent
+        sock = connect(server)
+        try:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-big: ")
+            chunk = b"a" * (1 << 20)
+            for _ in range(64):  # 64 MB of one header value
+                sock.sendall(chunk)
+                sent += len(chunk)
+            sock.sendall(b"\r\n\r\n")
+        except OSError as exc:  # the server closed the connection on us: expected
+            outcome["send_error"] = type(exc).__name__
+        try:
+            outcome["response"] = read_response(sock)
+        except OSError as exc:
+            outcome["read_error"] = repr(exc)
+        finally:
+            sock.close()
+
+    thread = threading.Thread(target=hostile)
+    thread.start()
+    others = [get(server, "/livez") for _ in range(20)]
+    thread.join(SOCKET_TIMEOUT_S * 2)
+    assert not thread.is_alive()
+    assert others == [200] * 20
+    status, headers, body = outcome["response"]
+    assert status == 431, outcome
+    assert headers["connection"] == "close"
+    assert "65536-byte limit" in json.loads(body)["error"]
+    # Refused on arrival: it could not push the 64 MB (only what socket buffers hold).
+    assert sent < 32 << 20, f"server read {sent} bytes of header"
+    assert metric(server, "mlrollout_model_http_refusals_total", reason="header_too_large") >= 1
+
+
+def test_headers_just_under_the_limit_are_served(
+    server: RunningServer, example_artifacts: dict[str, Path]
+) -> None:
+    body = record_body(example_artifacts)
+    filler = "b" * (60 << 10)
+    req = urllib.request.Request(
+        server.url + "/predict", body, {"content-type": "application/json", "x-filler": filler}
+    )
+    with urllib.request.urlopen(req, timeout=SOCKET_TIMEOUT_S) as resp:
+        assert resp.status == 200
+
+
+# --- header and body time ------------------------------------------------------------------
+
+
+def test_dripped_headers_get_408_once_the_header_time_limit_passes(server: RunningServer) -> None:
+    sock = connect(server)
+    start = time.monotonic()
+    try:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
+        with pytest.raises(OSError):  # the server closes while we drip
+            for _ in range(int(SOCKET_TIMEOUT_S / 0.25)):
+                sock.sendall(b"x")
+                time.sleep(0.25)
+        status, headers, body = read_response(sock)
+    finally:
+        sock.close()
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body)["reason"] == "header_timeout"
+    assert time.monotonic() - start < SOCKET_TIMEOUT_S
+
+
+def test_a_silent_connection_is_closed(server: RunningServer) -> None:
+    sock = connect(server)
+    try:
+        status, _, _ = read_response(sock)  # sent nothing at all
+    finally:
+        sock.close()
+    assert status == 408
+
+
+def test_a_partial_body_then_silence_is_408_and_counted(
+    server: RunningServer, example_artifacts: dict[str, Path]
+) -> None:
+    before = metric(
+        server, "mlrollout_model_requests_total", endpoint="predict", outcome="client_error"
+    )
+    body = record_body(example_artifacts)
+    sock = connect(server)
+    try:
+        head = (
+            "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: slow-body\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        status, headers, answer = read_response(sock)
+        assert closed_by_peer(sock)
+    finally:
+        sock.close()
+    assert status == 408, answer
+    assert headers["x-request-id"] == "slow-body" and headers["connection"] == "close"
+    assert f"within {LIMIT_S}s" in json.loads(answer)["error"]
+    after = metric(
+        server, "mlrollout_model_requests_total", endpoint="predict", outcome="client_error"
+    )
+    assert after == before + 1
+
+
+# --- upgrades and CONNECT ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (
+            b"GET /predict HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+            b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            400,
+        ),
+        (b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n", 501),
+        (b"POST /predict HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n"
+         b"content-length: 2\r\n\r\n[]", 400),
+    ],
+)  # fmt: skip
+def test_upgrade_and_connect_are_refused_at_once(
+    server: RunningServer, request_head: bytes, status: int
+) -> None:
+    sock = connect(server)
+    try:
+        sock.sendall(request_head)
+        got, headers, body = read_response(sock)
+    finally:
+        sock.close()
+    assert got == status, body
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]
+    assert get(server, "/readyz") == 200  # and the server is fine
+
+
+def test_pipelined_requests_are_all_answered_in_order(server: RunningServer) -> None:
+    sock = connect(server)
+    try:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n" * 3)
+        rest = bytearray()
+        answers = [read_response(sock, rest)[0] for _ in range(3)]
+    finally:
+        sock.close()
+    assert answers == [200, 200, 200]
