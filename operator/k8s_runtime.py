@@ -318,7 +318,9 @@ class ConfigMapRouter:
         sync_track_services(
             self.kube, self.owner, table, [lambda: self._table.write(self.kube, cm)]
         )
-        data = self._data()
+        written = self._table.current  # the ConfigMap as the write left it (or as read)
+        data = (written or {}).get("data") if written is not None else self._data()
+        data = data if isinstance(data, dict) else {}
         if stale_guard(_parse_json(data.get(b.GUARD_KEY)), table):
             # A trip of a canary this table no longer routes to (the rollback it caused is
             # recorded): drop it, so a retry of the same revision starts unjudged.

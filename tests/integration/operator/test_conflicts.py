@@ -18,6 +18,7 @@ from mlrollout.operator import k8s_runtime as kr
 from mlrollout.operator.interfaces import RoutesChanged
 from mlrollout.operator.kube import Kube
 from mlrollout.operator.reconcile import _put_routes
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 pytestmark = pytest.mark.integration
 NS = "conflicts"
@@ -44,10 +45,8 @@ def owner(kube: Kube, name: str) -> b.Owner:
 def test_concurrent_read_modify_writes_lose_no_update(kube: Kube) -> None:
     """Eight writers add to one counter; each write carries the version it read, so the
     server refuses (409) whichever was overtaken, and ``update`` reads again."""
-    kube.create(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "counter", "namespace": NS},
-         "data": {"n": "0"}}  # fmt: skip
-    )
+    counter = {"name": "counter", "namespace": NS}
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": counter, "data": {"n": "0"}})
     decisions = 0
     lock = threading.Lock()
 
@@ -92,44 +91,37 @@ def test_a_table_changed_between_read_and_write_is_read_again(kube: Kube) -> Non
     router = kr.ConfigMapRouter(kube, o)
     url = b.revision_url(o, "r1")
     kube.apply(b.revision_service(o, "r1"))
-    table = {
+    doc = {
         "generation": 0, "deployment": o.name,
         "backends": {"stable": {"url": url, "version": "1"}},
         "weights": {"stable": 100}, "stickyHeader": None, "shadowPercent": 0,
     }  # fmt: skip
-    router.set_routes({**table, "generation": 3})
+    table = parse_table(doc)
+    router.set_routes(table.with_generation(3))
     assert router.get_routes() is not None
 
     # Theirs lands between our read and our write.
-    theirs = {**table, "generation": 7, "weights": {"stable": 100}, "stickyHeader": "x-user"}
-    cm = kube.get("ConfigMap", NS, b.routes_configmap_name(o.name))
-    assert cm is not None
-    kube.merge_patch(
-        "ConfigMap", NS, cm["metadata"]["name"], {"data": {b.TABLE_KEY: json.dumps(theirs)}}
-    )
+    theirs = {**doc, "generation": 7, "stickyHeader": "x-user"}
+    name = b.routes_configmap_name(o.name)
+    kube.merge_patch("ConfigMap", NS, name, {"data": {b.TABLE_KEY: json.dumps(theirs)}})
     with pytest.raises(RoutesChanged):
-        router.set_routes({**table, "generation": 4})
+        router.set_routes(table.with_generation(4))
 
     class Overtaken(kr.ConfigMapRouter):
         """Reads, then lets another writer in once, like above."""
 
         raced = False
 
-        def get_routes(self) -> dict[str, Any] | None:
+        def get_routes(self) -> RoutingTable | None:
             out = super().get_routes()
             if not self.raced:
                 self.raced = True
                 bump = {**theirs, "generation": 9}
-                kube.merge_patch(
-                    "ConfigMap",
-                    NS,
-                    b.routes_configmap_name(o.name),
-                    {"data": {b.TABLE_KEY: json.dumps(bump)}},
-                )
+                kube.merge_patch("ConfigMap", NS, name, {"data": {b.TABLE_KEY: json.dumps(bump)}})
             return out
 
-    written = _put_routes(Overtaken(kube, o), dict(table), last=3)
+    written = _put_routes(Overtaken(kube, o), table, last=3)
     assert written == 10  # after theirs (9), not after what we first read (7)
     stored = router.get_routes()
     assert stored is not None
-    assert stored["generation"] == 10 and stored["stickyHeader"] is None
+    assert stored.generation == 10 and stored.sticky_header is None
