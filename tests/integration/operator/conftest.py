@@ -154,7 +154,9 @@ class RealCluster:
         self.kube = Kube(config, timeout=10)
 
     def live(self, key: str, namespace: str) -> list[dict[str, Any]]:
-        items = self.kube.request("GET", _path(key, namespace)).get("items") or []
+        out = self.kube.request("GET", _path(key, namespace))
+        kind = str(out.get("kind", "")).removesuffix("List")  # list items carry no kind
+        items = [{"kind": kind, **o} for o in out.get("items") or []]
         return [o for o in items if not o["metadata"].get("deletionTimestamp")]
 
     def names(self, key: str, namespace: str) -> set[str]:

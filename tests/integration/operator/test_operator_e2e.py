@@ -469,9 +469,13 @@ def test_every_write_of_the_operator_is_under_its_field_manager(
     for dep in children(kcluster, ns, "apps/v1/deployments"):
         assert OPERATOR not in managers(dep, status=True)
     ours = [
-        e for e in kcluster.live("v1/events", ns) if e.get("involvedObject", {}).get("name") == MD
+        e
+        for e in kcluster.live("v1/events", ns)
+        if e.get("involvedObject", {}).get("kind") == "ModelDeployment"
     ]
-    assert ours and all(managers(e, status=False) == {OPERATOR} for e in ours)
+    assert ours
+    for e in ours:
+        assert managers(e, status=False) == {OPERATOR}, (e["reason"], e["metadata"])
     everything = [md, *owned, *ours]
     seen = set().union(*(managers(o, s) for o in everything for s in (False, True)))
     assert not seen & {"python-urllib3", "kopf", "OpenAPI-Generator", "Python-urllib"}, seen
