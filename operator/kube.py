@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,10 @@ Obj = dict[str, Any]
 APPLIED_HASH = "mlrollout.io/applied-hash"
 FIELD_MANAGER = "mlrollout-operator"
 WRITE_ATTEMPTS = 5  # bounded retries of a write that raced another writer (409)
+# A 429 (API priority and fairness, storage initialising) is sent again this many times
+# after the server's Retry-After (capped), then raised like any other error.
+RETRY_429 = 4
+RETRY_429_MAX_SECONDS = 2.0
 
 
 def _version() -> str:
@@ -207,12 +212,16 @@ class Kube:
         if token:
             headers["Authorization"] = token
         data = None if body is None else json.dumps(body).encode()
-        try:
-            resp = self._pool.request(
-                method, url, body=data, headers=headers, timeout=self._timeout, retries=False
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+        for attempt in range(RETRY_429 + 1):
+            try:
+                resp = self._pool.request(
+                    method, url, body=data, headers=headers, timeout=self._timeout, retries=False
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+            if resp.status != 429 or attempt == RETRY_429:
+                break
+            time.sleep(_retry_after(resp.headers.get("Retry-After"), attempt))
         text = resp.data.decode("utf-8", "replace")
         if resp.status >= 400:
             raise _error(resp.status, method, path, text)
@@ -376,6 +385,15 @@ def _stamped(obj: Mapping[str, Any]) -> Obj:
     meta = dict(body["metadata"])
     meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: digest}
     return {**body, "metadata": meta}
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    """Seconds to wait before sending a 429'd request again (the server's, capped)."""
+    try:
+        wanted = float(header) if header else 0.1 * 2**attempt
+    except ValueError:
+        wanted = 0.1 * 2**attempt
+    return max(0.05, min(wanted, RETRY_429_MAX_SECONDS))
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
