@@ -302,6 +302,7 @@ class Kube:
         current: Mapping[str, Any] | None = None,
         *,
         guard: bool = False,
+        create_first: bool = False,
     ) -> Obj:
         """Make ``obj`` exist as given: create it, or merge-patch what differs.
 
@@ -311,6 +312,9 @@ class Kube:
         ``guard=True``: ``current`` is what the caller read and decided from (None:
         absent). The write then fails with :class:`Conflict` instead of overwriting if
         the object changed since: created by someone else, or patched past that version.
+
+        ``create_first=True``: the object is most likely absent (a new owner), so try the
+        create without reading first; a 409 falls back to read and patch.
         """
         desired = _stamped(obj)
         kind, meta = desired["kind"], desired["metadata"]
@@ -323,7 +327,7 @@ class Kube:
             return self.merge_patch(
                 kind, meta["namespace"], meta["name"], desired, resource_version=rv
             )
-        if current is None:
+        if current is None and not create_first:
             current = self.get(kind, meta["namespace"], meta["name"])
         for _ in range(WRITE_ATTEMPTS):
             if current is not None:

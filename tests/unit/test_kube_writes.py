@@ -204,3 +204,12 @@ def test_too_many_requests_is_retried_after_the_servers_delay(api: tuple[Kube, S
     with pytest.raises(KubeError, match="429"):
         kube.get("Service", "ns", "m")
     assert len(script.seen) == 3 + 1 + RETRY_429  # the first try and the retries
+
+
+def test_create_first_skips_the_read_and_falls_back_on_conflict(api: tuple[Kube, Script]) -> None:
+    kube, script = api
+    kube.apply(SVC, create_first=True)
+    assert [s.method for s in script.seen] == ["POST"]
+    script.answers = [(409, status(409, "AlreadyExists")), (200, with_rv(SVC, "3"))]
+    kube.apply({**SVC, "spec": {"ports": [{"name": "http", "port": 82}]}}, create_first=True)
+    assert [s.method for s in script.seen[1:]] == ["POST", "GET", "PATCH"]
