@@ -259,6 +259,9 @@ def failed_checks(reason: str) -> list[str]:
     """``analysis failed 2 times in a row (errorRate, latency)`` -> the check names."""
     if reason.startswith("router guard"):
         return ["routerGuard"]
+    crossed = re.match(r"sequential test crossed: (\w+)", reason)
+    if crossed:
+        return [crossed.group(1)]
     found = re.search(r"\(([^)]*)\)", reason)
     if not found:
         return [reason[:40]] if reason else []

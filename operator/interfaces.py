@@ -50,6 +50,7 @@ class RevisionState:
     ready: bool
     url: str | None = None
     message: str = ""
+    gone: bool = False  # exited and will not be restarted: the engine need not wait
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,12 @@ def routing_table(
         "weights": weights,
         "stickyHeader": routing.traffic.sticky_header,
         "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
+        # Only when on: a table without the key means off (and older tables stay equal).
+        **(
+            {"trackHeader": routing.traffic.track_header}
+            if routing.traffic.track_header != "off"
+            else {}
+        ),
         **(
             {k: v for k, v in routing.options.items() if v is not None}
             if "canary" in backends

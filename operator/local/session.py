@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlrollout.operator import notify
 from mlrollout.operator.ctl.limits import check_limits
 from mlrollout.operator.interfaces import DeploymentKey, Event
 from mlrollout.operator.local.display import LiveDisplay, render
@@ -34,14 +35,21 @@ from mlrollout.operator.local.timeline import CheckPoint, Timeline, TimelineEntr
 from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.operator.webhook import WebhookSender
 from mlrollout.services.netutil import free_port
 from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
-QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData"})
+QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData", "AnalysisInconclusive"})
 # Events the engine emits once per analysis run of a canary (see decide/engine.py _judge).
 ANALYSIS_EVENTS = frozenset(
-    {"AnalysisPassed", "AnalysisFailed", "AnalysisNoData", "AnalysisProviderError"}
+    {
+        "AnalysisPassed",
+        "AnalysisFailed",
+        "AnalysisNoData",
+        "AnalysisInconclusive",
+        "AnalysisProviderError",
+    }
 )
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
@@ -110,10 +118,11 @@ def analysis_record(
     reasons = [e.reason for e in events if e.reason in ANALYSIS_EVENTS]
     a_before = (before or {}).get("analysis") or {}
     a_after = after.get("analysis") or {}
-    ran = bool(reasons) or (
-        a_after.get("lastRunAt") is not None
-        and a_after.get("lastRunAt") != a_before.get("lastRunAt")
+    new_run = a_after.get("lastRunAt") is not None and a_after.get("lastRunAt") != a_before.get(
+        "lastRunAt"
     )
+    # AnalysisInconclusive also reports a step deadline (no run): it counts with a new run.
+    ran = any(r != "AnalysisInconclusive" for r in reasons) or new_run
     if not ran:
         return None
     ref = before if (before or {}).get("canary") else after
@@ -126,6 +135,7 @@ def analysis_record(
             "AnalysisPassed": "pass",
             "AnalysisFailed": "fail",
             "AnalysisNoData": "noData",
+            "AnalysisInconclusive": "inconclusive",
             "AnalysisProviderError": "providerError",
         }.get(reasons[0], "")
         if reasons
@@ -253,6 +263,7 @@ class LocalSession:
         self.last: ReconcileResult | None = None
         self._reported_exits: set[str] = set()
         self._run_doc: dict[str, Any] = {}
+        self.notifier = WebhookSender()
         self._resume()
 
     # ------------------------------------------------------------------ lifecycle
@@ -306,6 +317,7 @@ class LocalSession:
         finally:
             self.supervisor.close()
             self.write_timeline()
+            self.notifier.close(timeout=2.0)
             if self._run_doc:
                 self.write_run_file(running=False)
 
@@ -478,6 +490,10 @@ class LocalSession:
             self.write_run_file()
         if self.prometheus is not None:
             self._update_targets()
+        if result.events:
+            self.notifier.send(
+                notify.messages(self.key, self.manifest.raw_spec, result.events, now)
+            )
         entry = entry_from_status(result.state, result.events, t)
         self.timeline.append(entry)
         if entry.event:
@@ -543,7 +559,7 @@ class LocalSession:
                 "message": event.message,
             },
         )
-        if event.reason not in QUIET_EVENTS:
+        if not (event.reason in QUIET_EVENTS and event.type == "Normal"):
             self.note(f"{event.type}: {event.reason}: {event.message}")
 
     def note(self, text: str) -> None:

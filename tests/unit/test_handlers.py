@@ -418,3 +418,22 @@ def test_phase_change_explained_by_no_engine_event_still_gets_one() -> None:
         deps, body=body(PROGRESSING), patch=kopf.Patch(), emit=events.append, reason="timer"
     )
     assert events == [Event(type="Normal", reason="Paused", message="phase Progressing -> Paused")]
+
+
+def test_decision_events_reach_the_notifier_and_its_failure_costs_nothing() -> None:
+    told: list[tuple[DeploymentKey, dict[str, Any], tuple[Event, ...]]] = []
+    engine_event = Event(type="Normal", reason="Promoted", message="2 is now stable")
+    deps, _, _ = make_deps(Scripted(result(PROMOTED, events=(engine_event,))))
+    deps.notify = lambda key, spec, events, now: told.append((key, dict(spec), tuple(events)))
+    patch = kopf.Patch()
+    h.reconcile_object(deps, body=body(PROGRESSING), patch=patch, emit=[].append, reason="timer")
+    assert told == [(DeploymentKey("ml", "fraud"), body()["spec"], (engine_event,))]
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("endpoint down")
+
+    deps, _, _ = make_deps(Scripted(result(PROMOTED, events=(engine_event,))))
+    deps.notify = broken
+    patch = kopf.Patch()
+    h.reconcile_object(deps, body=body(PROGRESSING), patch=patch, emit=[].append, reason="timer")
+    assert patch.status["phase"] == "Healthy"  # the status is still written

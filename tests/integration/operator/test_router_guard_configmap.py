@@ -106,6 +106,17 @@ async def test_trip_reaches_the_operator_and_is_cleared_after_the_rollback(clust
         in_force = await asyncio.to_thread(operator_side.get_routes)
         assert in_force is not None and in_force.to_doc() == table
 
+        # Another replica (or this router after a restart) adopts the trip from the
+        # ConfigMap as its table source delivers it: the canary is off everywhere.
+        replica = Router(RouterConfig())
+        replica_source = ConfigMapSource(ns, b.routes_configmap_name("m"), KubeAccess(cluster.url))
+        replica_source.on_guard = replica.adopt_trip
+        cm = kube.get("ConfigMap", ns, b.routes_configmap_name("m"))
+        replica_source._deliver(cm, replica.offer, lambda message: None)
+        assert replica.table is not None and replica.guard.tripped
+        assert replica.state()["weights"] == {"stable": 100, "canary": 0}
+        assert replica.guard.report()["trip"]["adopted"] is True
+        await replica.aclose()
         # A table for the same canary (the operator has not acted yet) keeps the report ...
         same = table | {"generation": 2, "weights": {"stable": 80, "canary": 20}}
         await asyncio.to_thread(operator_side.set_routes, parse_table(same))
