@@ -112,7 +112,8 @@ RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("v1", "configmaps", verbs=_CHILD),
     "Service": Resource("v1", "services", verbs=_CHILD | {"list"}),
     "ServiceAccount": Resource("v1", "serviceaccounts", verbs=_CHILD),
-    # kopf posts Events (kopf.event); nothing here reads or changes them.
+    # The operator posts Events (k8s_runtime.post_event; kopf its warnings); nothing here
+    # reads or changes them.
     "Event": Resource("v1", "events", verbs=_verbs("create")),
     "Deployment": Resource("apps/v1", "deployments", verbs=_CHILD | {"list"}),
     "Role": Resource("rbac.authorization.k8s.io/v1", "roles", verbs=_CHILD),
