@@ -395,24 +395,40 @@ class ControlPlane:
         _RUNNING.add(self)
         t0 = time.monotonic()
         try:
-            self._pki()
-            self._mark("certificates", t0)
-            self._start_etcd()
-            self._start_apiserver()
-            self._wait_apiserver(timeout)
-            self._mark("kube-apiserver ready", t0)
-            self._start_controllers()
-            self._create_nodes()
-            deadline = time.monotonic() + timeout
-            self._until(deadline, "fake nodes Ready", self._nodes_ready)
-            self._mark("kwok nodes Ready", t0)
-            self._until(deadline, "ServiceAccount default/default", self._default_sa)
-            self._mark("ready", t0)
+            for attempt in (1, 2):
+                try:
+                    self._start_once(t0, timeout)
+                    break
+                except ControlPlaneError as exc:
+                    # A port picked free was taken before the component bound it (another
+                    # process's connection): once more on fresh ports; anything else fails.
+                    if attempt == 2 or "address already in use" not in str(exc):
+                        raise
+                    self._log(f"[control-plane] a port was taken, retrying: {exc}")
+                    for name in reversed(list(self._processes)):
+                        self._processes.pop(name).stop()
+                    shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+                    self.kubeconfig.unlink(missing_ok=True)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def _start_once(self, t0: float, timeout: float) -> None:
+        self._pki()
+        self._mark("certificates", t0)
+        self._start_etcd()
+        self._start_apiserver()
+        self._wait_apiserver(timeout)
+        self._mark("kube-apiserver ready", t0)
+        self._start_controllers()
+        self._create_nodes()
+        deadline = time.monotonic() + timeout
+        self._until(deadline, "fake nodes Ready", self._nodes_ready)
+        self._mark("kwok nodes Ready", t0)
+        self._until(deadline, "ServiceAccount default/default", self._default_sa)
+        self._mark("ready", t0)
 
     def stop(self) -> None:
         """Stop every process (reverse start order); remove the temp dir if we made it."""
