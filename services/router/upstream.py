@@ -109,11 +109,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             if not self.headers_done:
-                if not self.got_bytes:
-                    self.got_bytes = True
-                    self.head_timer = self.pool.loop.call_later(
-                        self.limits.head_timeout, self._head_timed_out
-                    )
+                first = not self.got_bytes
+                self.got_bytes = True
                 limit = self.limits.max_head_bytes
                 while data and not self.headers_done and self.waiter is not None:
                     room = limit - self.head_bytes
@@ -125,6 +122,12 @@ class _Connection(asyncio.Protocol):
                     piece, data = data[:room], data[room:]
                     self.head_bytes += len(piece)
                     self.parser.feed_data(piece)
+                if first and not self.headers_done and self.waiter is not None:
+                    # The head did not come in one piece: it gets head_timeout to finish
+                    # (a timer only on this slow path).
+                    self.head_timer = self.pool.loop.call_later(
+                        self.limits.head_timeout, self._head_timed_out
+                    )
             if data and self.waiter is not None:
                 self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
