@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 import kubernetes
 import urllib3
+from mlrollout.operator.api import API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -122,16 +123,16 @@ RESOURCES: dict[str, Resource] = {
     # kopf lists and watches them, patches its annotations (progress, last-handled
     # configuration) on the object and the status through the status subresource.
     "ModelDeployment": Resource(
-        "mlrollout.io/v1alpha1",
-        "modeldeployments",
+        API_VERSION,
+        PLURAL,
         verbs=_verbs("list", "watch", "patch"),
         status_verbs=_verbs("patch"),
     ),
 }
-# Cluster mode only (kopf's scanning, off in namespaced mode): namespaces and CRDs coming
-# and going. Group, resource, verbs.
+# Cluster mode only (kopf's scanning, off in namespaced mode): the CRD coming and going.
+# kopf watches namespaces only for --namespace patterns; with --all-namespaces (the
+# chart's cluster mode) it never does, so that right is not granted. Group, resource, verbs.
 CLUSTER_SCOPED_CALLS: tuple[tuple[str, str, frozenset[str]], ...] = (
-    ("", "namespaces", _verbs("list", "watch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", _verbs("list", "watch")),
 )
 

@@ -70,6 +70,8 @@ GO
 cd "$mod"
 export GOFLAGS="${GOFLAGS:-} -mod=mod" CGO_ENABLED=0
 start=$(date +%s)
+load_start=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+times=""
 echo "[kube-build] resolving modules for Kubernetes v$KUBE_VERSION (staging $stage_v), etcd v$ETCD_VERSION"
 "$GO" mod tidy -e >/dev/null 2>&1 || true
 "$GO" mod download
@@ -94,6 +96,7 @@ compile() {  # compile NAME CMD...: run a go build/install with a heartbeat; sho
     exit "$rc"
   fi
   echo "[kube-build] $name done in $(( $(date +%s) - t0 )) s"
+  times="$times\"${name%% *}\": $(( $(date +%s) - t0 )), "
 }
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 for b in "${missing[@]}"; do
@@ -104,4 +107,13 @@ for b in "${missing[@]}"; do
   esac
   if [ -e "$BIN/$b.tmp" ]; then mv "$BIN/$b.tmp" "$BIN/$b"; fi
 done
-echo "[kube-build] control plane v$KUBE_VERSION built in $(( $(date +%s) - start )) s -> $BIN"
+total=$(( $(date +%s) - start ))
+echo "[kube-build] control plane v$KUBE_VERSION built in $total s -> $BIN"
+# A record of this build for docs/benchmarks.md (bench/controlplane.py reads it).
+cat > "$CACHE/build.json" <<JSON
+{"kube_version": "$KUBE_VERSION", "etcd_version": "$ETCD_VERSION", "kwok_version": "$KWOK_VERSION",
+ "go": "$("$GO" env GOVERSION)", "cores": $(nproc), "date": "$(date -u +'%Y-%m-%d %H:%M UTC')",
+ "built": "${missing[*]}", "complete": $([ ${#missing[@]} -eq ${#want[@]} ] && echo true || echo false),
+ "loadavg_start": $load_start, "loadavg_end": $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0),
+ "seconds": {${times}"total": $total}}
+JSON

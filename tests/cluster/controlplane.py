@@ -250,10 +250,13 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies (Linux only)."""
+    """Runs in the child before exec: SIGKILL it when the parent dies (Linux only).
+
+    SIGKILL, not SIGTERM: a kube-apiserver told to stop after etcd went away waits for
+    etcd indefinitely. Only the temp dir is left then; the next start removes it."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Process:
@@ -292,6 +295,22 @@ class _Process:
             self.popen.wait(5)
 
 
+OWNER_FILE = "owner.pid"
+WORKDIR_PREFIX = "mlrollout-kube-"
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Temp dirs of control planes whose Python process was killed outright (SIGKILL: no
+    atexit ran; PDEATHSIG stopped the components but nothing removed their files)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 _RUNNING: set[ControlPlane] = set()
 _HOOKS_INSTALLED = False
 
@@ -317,8 +336,9 @@ def _install_exit_hooks() -> None:
             _stop_all()
             if callable(previous):
                 previous(signum, frame)
-            elif previous != signal.SIG_IGN:
-                raise SystemExit(128 + signum)
+            elif previous != signal.SIG_IGN:  # die of the signal, as without this handler
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
 
         signal.signal(sig, handler)
 
@@ -340,7 +360,7 @@ class ControlPlane:
         self.bin_dir = bin_dir
         self.nodes = nodes
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mlrollout-kube-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self._log = log or (lambda _msg: None)
         self._processes: dict[str, _Process] = {}
         self._sa_kubeconfigs: dict[tuple[str, str], Path] = {}
@@ -369,6 +389,9 @@ class ControlPlane:
                 f"missing {', '.join(missing)} in {self.bin_dir}: run `make kube-bins`"
             )
         _install_exit_hooks()
+        _remove_orphaned_workdirs()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         _RUNNING.add(self)
         t0 = time.monotonic()
         try:
@@ -380,7 +403,10 @@ class ControlPlane:
             self._mark("kube-apiserver ready", t0)
             self._start_controllers()
             self._create_nodes()
-            self.wait_ready(timeout)
+            deadline = time.monotonic() + timeout
+            self._until(deadline, "fake nodes Ready", self._nodes_ready)
+            self._mark("kwok nodes Ready", t0)
+            self._until(deadline, "ServiceAccount default/default", self._default_sa)
             self._mark("ready", t0)
         except BaseException:
             self.stop()
@@ -396,6 +422,26 @@ class ControlPlane:
         _RUNNING.discard(self)
         if self._own_workdir and os.environ.get("MLROLLOUT_KEEP_LOGS") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def idle_usage(self, seconds: float) -> dict[str, dict[str, float]]:
+        """CPU (% of one core) and RSS (MB) of each component over ``seconds`` (Linux)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        before = {n: cpu(p.popen.pid) for n, p in self._processes.items()}
+        time.sleep(seconds)
+        out = {}
+        for name, proc in self._processes.items():
+            status = Path(f"/proc/{proc.popen.pid}/status").read_text()
+            rss_kb = next(
+                int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS")
+            )
+            used = cpu(proc.popen.pid) - before[name]
+            out[name] = {"cpu_percent": round(100 * used / seconds, 1), "rss_mb": rss_kb // 1024}
+        return out
 
     def logs(self) -> dict[str, Path]:
         return {name: p.log for name, p in self._processes.items()}
@@ -601,7 +647,11 @@ class ControlPlane:
                     event = json.loads(line)
                 except ValueError:
                     continue  # a line being written
-                if event.get("stage") != "ResponseComplete":
+                stage = event.get("stage")
+                # A watch is logged when it starts; it completes only when it is closed.
+                if stage != "ResponseComplete" and not (
+                    stage == "ResponseStarted" and event.get("verb") == "watch"
+                ):
                     continue
                 if user is None or event.get("user", {}).get("username") == user:
                     events.append(event)
@@ -857,6 +907,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time", action="store_true", help="start, print start-up timings as JSON, stop"
     )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --time: also measure CPU and RSS of each component while idle",
+    )
     args = parser.parse_args(argv)
     missing = missing_binaries()
     if missing:
@@ -866,7 +923,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp.start()
         if args.time:
-            print(json.dumps({"startup_seconds": round(cp.startup_seconds, 2), **cp.timings}))
+            report: dict[str, Any] = {"startup_seconds": round(cp.startup_seconds, 2)}
+            report |= cp.timings
+            if args.idle:
+                report["idle"] = cp.idle_usage(args.idle)
+            print(json.dumps(report))
             return 0
         here = Path(__file__).resolve().parents[2]
         print(
@@ -877,9 +938,9 @@ Kubernetes v{KUBE_VERSION} is up at {cp.server} ({cp.startup_seconds:.1f} s), {a
   export PATH={cp.bin_dir}:$PATH
   kubectl get nodes
   kubectl apply -f {here / "crds"}
-  kubectl apply -k {here / "manifests"}      # the operator as the cluster would run it
-  kopf run -m mlrollout.operator.main --all-namespaces      # or run it here, as admin
-  kubectl apply -f {here / "examples"}/...                  # then a ModelDeployment
+  kubectl apply -k {here / "manifests"}      # the operator's RBAC and Deployment (its pod never runs)
+  {here / ".venv/bin/kopf"} run -m mlrollout.operator.main --all-namespaces   # the operator, here
+  kubectl apply -f {here / "examples/first-deployment.yaml"}
   kubectl get md
 
 Logs: {cp.workdir / "logs"}   Pods never run containers (kwok marks them Ready).

@@ -78,6 +78,7 @@ def manifest_doc(
     analysis: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     progress_deadline: str = "90s",
+    traffic: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"name": "fraud", "version": version, "uri": str(uri)},
@@ -87,6 +88,8 @@ def manifest_doc(
             "analysis": analysis or FAST_ANALYSIS,
         },
     }
+    if traffic:
+        spec["traffic"] = traffic
     return manifest_document("fraud", spec, env)
 
 
