@@ -95,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.limits = pool.limits
         self.head_bytes = 0
+        self.length: bytes | None = None  # the response's Content-Length
         self.body_size = 0  # bytes of this response's body taken from the pool's budget
 
     # asyncio.Protocol
@@ -151,6 +152,8 @@ class _Connection(asyncio.Protocol):
                 UpstreamError(f"response has more than {self.limits.max_headers} headers", False)
             )
             return
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.length = value
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -160,8 +163,7 @@ class _Connection(asyncio.Protocol):
             self.head_timer = None
         if self.waiter is None:
             return
-        length = next((v for n, v in self.headers if n.lower() == b"content-length"), None)
-        limit = self.limits.max_body_bytes
+        length, limit = self.length, self.limits.max_body_bytes
         if length is not None and length.strip().isdigit() and int(length) > limit:
             self._fail(UpstreamError(f"response body larger than {limit} bytes", False))
             return
@@ -215,6 +217,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter = loop.create_future()
         self.headers, self.body, self.body_size, self.got_bytes = [], [], 0, False
         self.headers_done, self.head, self.head_bytes = False, head, 0
+        self.length = None
         self.used = True
         self.timer = loop.call_later(timeout, self._on_timeout, timeout)
         assert self.transport is not None
