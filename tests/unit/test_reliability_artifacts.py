@@ -123,7 +123,7 @@ def test_a_2_gib_member_with_a_wrong_digest_is_refused_at_once(tmp_path: Path) -
         out.write(comp.compress(bytes(1024)) + comp.flush())
     assert tar.stat().st_size < 4 << 20
     for digest in ("0" * 64, None):  # wrong digest: refused unread; none: refused by the cap
-        with pytest.raises(ArtifactError, match="sha256 mismatch|limit of"):
+        with pytest.raises(ArtifactError, match=r"sha256 mismatch|limit of"):
             load_artifact(tar, sha256=digest, cache_dir=tmp_path / "cache")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
@@ -180,7 +180,7 @@ def test_a_download_over_the_cap_is_cut_off(tmp_path: Path, http_root: tuple[str
     base, root = http_root
     (root / "big.tar.gz").write_bytes(bytes(3 << 20))
     cache = tmp_path / "cache"
-    with pytest.raises(ArtifactError, match="download .* over the limit of 1048576 bytes"):
+    with pytest.raises(ArtifactError, match=r"download .* over the limit of 1048576 bytes"):
         load_artifact(f"{base}/big.tar.gz", cache_dir=cache, max_bytes=1 << 20)
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
