@@ -16,6 +16,8 @@ from typing import Any
 from mlrollout.operator.local.procs import Supervisor
 
 from .drift_cost import dataplane_cost, drift_cost
+from .guard import GuardConfig
+from .guard import section as guard_section
 from .loadtool import cores, hey_path
 from .operator_scale import ScaleConfig, operator_section
 from .report import cpu_ratios, machine, write_report
@@ -24,16 +26,17 @@ from .router_cost import router_overhead
 from .servers import PEERS, BenchEnv, ensure_peer_venvs
 from .serving import build_bench_model, run_serving
 
-SECTIONS = ("serving", "router", "drift", "operator", "rollback")
+SECTIONS = ("serving", "router", "drift", "operator", "rollback", "guard")
 # Smoke sizes: seconds, not minutes; they check the harness and the outcomes, not speed.
 SMOKE_SCALE = ScaleConfig(
     deployments=10, paced=3, analysis_interval="1s",
     idle_window_s=3.0, analysis_window_s=6.0, settle_timeout_s=120.0,
 )  # fmt: skip
 SMOKE_ROLLBACK = RollbackConfig(
-    repeats=0, short_repeats=1,
+    repeats=0, short_repeats=1, guard_repeats=1,
     short_analysis={"interval": "2s", "window": "10s", "minSamples": 20}, timeout_s=120.0,
 )  # fmt: skip
+SMOKE_GUARD = GuardConfig(repeats=1, healthy_s=3.0)
 OURS, BARE = "mlrollout server", "starlette+onnxruntime (bare)"
 
 
@@ -100,6 +103,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     targets += _operator_targets(results.get("operator"))
+    targets += (results.get("guard") or {}).get("targets", [])
     router = results.get("router")
     if router:
         cpu, added = med(router["router_cpu_us_per_request"]), med(router["added_p50_ms"])
@@ -196,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scale = SMOKE_SCALE if args.smoke else ScaleConfig(deployments=args.deployments)
         n = args.rollback_repeats
-        rollback = SMOKE_ROLLBACK if args.smoke else RollbackConfig(repeats=n, short_repeats=n)
+        rollback = (
+            SMOKE_ROLLBACK
+            if args.smoke
+            else RollbackConfig(repeats=n, short_repeats=n, guard_repeats=n)
+        )
     except ValueError as exc:
         parser.error(str(exc))
     hey_path()
@@ -269,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["operator"] = operator_section(sup, work, scale)
             if "rollback" in sections:
                 results["rollback"] = run_rollback(work, rollback)
+            if "guard" in sections:
+                guard_config = SMOKE_GUARD if args.smoke else GuardConfig()
+                results["guard"] = guard_section(work, guard_config, results.get("rollback"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["targets"] = _targets(results)

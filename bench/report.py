@@ -182,6 +182,14 @@ def _rollback_reading(section: dict[str, Any]) -> list[str]:
         secs = statistics.median(t["seconds_to_zero"] for t in rows)
         bad = statistics.median(t["bad_answers"] for t in rows)
         weight = statistics.median(t["peak_weight"] for t in rows)
+        if variant.get("guard"):
+            out.append(
+                f"- Rollback (router guard on): {secs:.1f} s to weight 0 in the operator's "
+                f"table (median), {bad:.0f} bad answers: the router took the canary off at "
+                "its guard's crossing, and the operator recorded the rollback on its next round "
+                "(the router's own time to weight 0 is in the router guard section)."
+            )
+            continue
         s, floor = variant["settings"], variant["floor_s"]
         canary_rate = cfg["rate"] * weight / 100
         why = (
@@ -262,6 +270,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("router", "Router overhead"),
         ("drift", "Drift tracking cost"),
         ("rollback", "Rollback: time to weight 0 and blast radius"),
+        ("guard", "Router guard and paired agreement"),
         ("operator", "Operator at scale"),
     ):
         section = results.get(key)

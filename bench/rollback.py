@@ -50,13 +50,15 @@ class RollbackConfig:
     repeats: int = 3  # with the spec's default analysis
     short_repeats: int = 3  # with ``short_analysis``
     short_analysis: dict[str, Any] = field(default_factory=lambda: dict(SHORT_ANALYSIS))
+    guard_repeats: int = 3  # default analysis with the router guard on (the spec's default)
     fault_rate: float = 0.5
     rate: float = 40.0  # load generator requests per second
     batch: int = 8  # rows per request
     timeout_s: float = 300.0  # per repeat
 
     def __post_init__(self) -> None:
-        if self.repeats < 0 or self.short_repeats < 0 or self.repeats + self.short_repeats < 1:
+        counts = (self.repeats, self.short_repeats, self.guard_repeats)
+        if min(counts) < 0 or sum(counts) < 1:
             raise ValueError("the rollback benchmark needs at least one repeat")
         if not 0 < self.fault_rate <= 1 or self.rate <= 0 or self.batch < 1:
             raise ValueError("fault rate must be in (0, 1], rate > 0 and batch >= 1")
@@ -75,11 +77,17 @@ class Trial:
 
 
 def doc(
-    version: str, uri: Path, analysis: dict[str, Any] | None, env: dict[str, str]
+    version: str,
+    uri: Path,
+    analysis: dict[str, Any] | None,
+    env: dict[str, str],
+    guard: bool = True,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"model": {"name": "fraud", "version": version, "uri": str(uri)}}
     if analysis:
         spec["rollout"] = {"analysis": analysis}
+    if not guard:  # the operator's analysis alone, as before the router guard
+        spec["traffic"] = {"guard": {"enabled": False}}
     return manifest_document("fraud", spec, env)
 
 
@@ -112,7 +120,8 @@ def run_trial(
 ) -> Trial:
     uri = variant(examples, "v2", version)
     env = {FAULT_ENV: str(config.fault_rate)}
-    session.apply(write_manifest(yaml_path, doc(version, uri, analysis, env)))
+    guard = name == "guard"
+    session.apply(write_manifest(yaml_path, doc(version, uri, analysis, env, guard)))
     deadline = time.monotonic() + config.timeout_s
     t_fault: float | None = None
     before: dict[tuple[str, str], float] = {}
@@ -168,9 +177,11 @@ def run_rollback(work: Path, config: RollbackConfig) -> dict[str, Any]:
             session, examples, "rollback-load", config.rate, config.batch
         )
         time.sleep(3)  # steady traffic on stable before the first canary
-        plan = [("default", None)] * config.repeats + [
-            ("short", config.short_analysis)
-        ] * config.short_repeats
+        plan = (
+            [("default", None)] * config.repeats
+            + [("short", config.short_analysis)] * config.short_repeats
+            + [("guard", None)] * config.guard_repeats
+        )
         for i, (name, analysis) in enumerate(plan):
             trials.append(
                 run_trial(session, yaml_path, examples, name, f"v2-fault-{i}", analysis, config)
@@ -211,17 +222,19 @@ def summarise(
         "|---|---|---:|---:|---:|---:|---|",
     ]
     variants: dict[str, Any] = {}
-    for name, short in (("default", None), ("short", config.short_analysis)):
+    for name, short in (("default", None), ("short", config.short_analysis), ("guard", None)):
         rows = [t for t in trials if t.variant == name]
         if not rows:
             continue
         s = settings(short)
         shown = {k: s[k] for k in ("interval", "window", "minSamples", "failureLimit")}
         floor = s["failureLimit"] * _seconds(s["interval"])
-        variants[name] = {"settings": s, "floor_s": floor}
+        variants[name] = {"settings": s, "floor_s": floor, "guard": name == "guard"}
         reasons = sorted({c for t in rows for c in failed_checks(t.reason)})
+        said = ", ".join(f"{k} {v}" for k, v in shown.items())
+        said += "; router guard on" if name == "guard" else "; router guard off"
         lines.append(
-            f"| {name} | {', '.join(f'{k} {v}' for k, v in shown.items())} | {len(rows)} "
+            f"| {name} | {said} | {len(rows)} "
             f"| {_spread([t.seconds_to_zero for t in rows], '.1f')} "
             f"| {_spread([t.bad_answers for t in rows], '.0f')} "
             f"| {_spread([t.canary_requests for t in rows], '.0f')} | {', '.join(reasons)} |"
@@ -244,6 +257,8 @@ def summarise(
 
 def failed_checks(reason: str) -> list[str]:
     """``analysis failed 2 times in a row (errorRate, latency)`` -> the check names."""
+    if reason.startswith("router guard"):
+        return ["routerGuard"]
     found = re.search(r"\(([^)]*)\)", reason)
     if not found:
         return [reason[:40]] if reason else []

@@ -77,6 +77,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close client keep-alive connections idle this long (seconds)",
     )
     parser.add_argument(
+        "--canary-timeout",
+        type=_positive(float),
+        default=10.0,
+        help="seconds of --timeout a canary try may take before the request goes to stable",
+    )
+    parser.add_argument(
+        "--response-header-timeout",
+        type=_positive(float),
+        default=5.0,
+        help="seconds from a backend answer's first byte to the end of its headers",
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=_positive(int),
+        default=8 << 20,
+        help="largest backend response body passed on (a larger one is the backend's error)",
+    )
+    parser.add_argument(
+        "--max-response-buffer-bytes",
+        type=_positive(int),
+        default=32 << 20,
+        help="response bytes held at once per backend, over all its requests",
+    )
+    parser.add_argument(
+        "--max-request-buffer-bytes",
+        type=_positive(int),
+        default=64 << 20,
+        help="request body bytes held at once over all clients (503 beyond)",
+    )
+    parser.add_argument(
         "--max-header-bytes",
         type=_positive(int),
         default=64 << 10,
@@ -120,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         max_header_bytes=args.max_header_bytes,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        canary_timeout=args.canary_timeout,
+        response_header_timeout=args.response_header_timeout,
+        max_response_bytes=args.max_response_bytes,
+        max_response_buffer_bytes=args.max_response_buffer_bytes,
+        max_request_buffer_bytes=args.max_request_buffer_bytes,
     )
     source: TableSource
     if args.table:
@@ -158,7 +193,7 @@ async def serve(
     server = await start_server(
         router, host, port, cfg.max_body_bytes, cfg.idle_timeout,
         max_header_bytes=cfg.max_header_bytes, header_timeout=cfg.header_timeout,
-        body_timeout=cfg.body_timeout,
+        body_timeout=cfg.body_timeout, max_buffered_bytes=cfg.max_request_buffer_bytes,
     )  # fmt: skip
     watcher = asyncio.create_task(watch_source(router, source))
     stop = asyncio.Event()

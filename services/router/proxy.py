@@ -29,6 +29,7 @@ from .table import (
     parse_table,
     should_shadow,
 )
+from .upstream import Limits as UpstreamLimits
 from .upstream import Response, Upstream, UpstreamError
 
 log = logging.getLogger("mlrollout.router")
@@ -79,6 +80,23 @@ class RouterConfig:
     max_header_bytes: int = 64 << 10
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # Backend side: a canary try gets this much of ``timeout`` before stable is asked.
+    canary_timeout: float = 10.0
+    max_response_header_bytes: int = 64 << 10
+    max_response_headers: int = 256
+    response_header_timeout: float = 5.0
+    max_response_bytes: int = 8 << 20
+    # All response bodies being received from one backend at once (two backends: twice).
+    max_response_buffer_bytes: int = 32 << 20
+    # All request bodies held at once (each until its request is answered).
+    max_request_buffer_bytes: int = 64 << 20
+
+
+# Stable's share when a canary try used up the client's budget.
+MIN_RETRY_SECONDS = 1.0
+# A mirrored request keeps the served answer until the other track answers; larger
+# answers are not mirrored (predictions are small; this bounds what mirrors hold).
+MAX_MIRRORED_BODY = 1 << 20
 
 
 class Router:
@@ -141,7 +159,7 @@ class Router:
         try:
             for key in wanted:
                 if key not in self._pools:
-                    added[key] = Upstream(*key, connect_timeout=self.config.connect_timeout)
+                    added[key] = self._upstream(*key)
         except BaseException:
             for pool in added.values():
                 pool.close()
@@ -200,8 +218,9 @@ class Router:
             response, track = await self._forward(table, track, req, headers, judged)
         finally:
             self.inflight -= 1
-        if response is None:
-            reply = error_reply(502, f"{track} backend unreachable")
+        if isinstance(response, UpstreamError):
+            what = "unreachable" if response.before_response else "gave no usable answer"
+            reply = error_reply(502, f"{track} backend {what}: {response}")
         else:
             reply = Reply(response.status, _response_headers(response.headers), response.body)
         reply.headers += (
@@ -212,8 +231,10 @@ class Router:
         # Only a stable answer to a POST (a prediction, or feedback) is worth mirroring: a
         # client's refused request or a metadata GET says nothing about the canary.
         if (
-            response is not None
+            not isinstance(response, UpstreamError)
             and 200 <= response.status < 300
+            and len(response.body) <= MAX_MIRRORED_BODY
+            and len(req.body) <= MAX_MIRRORED_BODY
             and req.method == b"POST"
             and should_shadow(table, track, random.random())
         ):
@@ -221,37 +242,75 @@ class Router:
         return reply
 
     async def _forward(
-        self, table: RoutingTable, track: Track, req: Request, headers: bytes, judged: bool = False
-    ) -> tuple[Response | None, Track]:
+        self,
+        table: RoutingTable,
+        track: Track,
+        req: Request,
+        headers: bytes,
+        judged: bool = False,
+        deadline: float | None = None,
+    ) -> tuple[Response | UpstreamError, Track]:
+        """Send ``req`` to ``track``; a canary that gives no usable answer is retried on stable.
+
+        Nothing of an answer reaches the client before it is complete, so a retry never
+        doubles an answer. The canary gets ``canary_timeout`` of the client's ``timeout``;
+        stable gets what is left (at least ``MIN_RETRY_SECONDS``).
+        """
         backend = table.backends[track]
         pool = self._pools.get((backend.host, backend.port))
         if pool is None:
             # A newer table dropped this backend while the request waited (a fallback
             # during a promotion): finish it on a one-off connection.
-            pool = Upstream(backend.host, backend.port, connect_timeout=self.config.connect_timeout)
+            pool = self._upstream(backend.host, backend.port)
             pool.close()
         target = backend.prefix.encode() + req.target if backend.prefix else req.target
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.config.timeout
+        budget = max(deadline - now, MIN_RETRY_SECONDS)
+        retry = track == "canary" and "stable" in table.backends
+        if retry:
+            budget = min(budget, self.config.canary_timeout)
         start = time.perf_counter()
         try:
-            response = await pool.request(
-                req.method, target, headers, req.body, self.config.timeout
-            )
+            response = await pool.request(req.method, target, headers, req.body, budget)
         except UpstreamError as exc:
-            self.metrics.request_done(track, backend.version, "unreachable", 0.0)
+            # No byte at all: unreachable. Something, but malformed, over a limit, too
+            # slow or cut off: the backend's error (it answered, badly).
+            outcome = "unreachable" if exc.before_response else "server_error"
+            elapsed = time.perf_counter() - start
+            self.metrics.request_done(track, backend.version, outcome, elapsed)
             if judged:
-                self._judge(track, "unreachable")
-            if track == "canary" and exc.before_response:
+                self._judge(track, outcome)
+            if retry:
                 self.metrics.fallback(track, backend.version)
-                log.warning("canary %s unreachable, retrying on stable: %s", backend.url, exc)
-                return await self._forward(table, "stable", req, headers)
+                log.warning("canary %s failed, retrying on stable: %s", backend.url, exc)
+                return await self._forward(table, "stable", req, headers, deadline=deadline)
             log.warning("%s backend %s failed: %s", track, backend.url, exc)
-            return None, track
+            return exc, track
         elapsed = time.perf_counter() - start
         outcome = outcome_of(response.status)
         self.metrics.request_done(track, backend.version, outcome, elapsed)
         if judged:
             self._judge(track, outcome)
+        if retry and response.status == 503:
+            # "Not ready" (a canary starting or restarting): nothing was done, so the
+            # request is stable's. Other 5xx answers go to the client (see docs).
+            self.metrics.fallback(track, backend.version)
+            log.info("canary %s answered 503, retrying on stable", backend.url)
+            return await self._forward(table, "stable", req, headers, deadline=deadline)
         return response, track
+
+    def _upstream(self, host: str, port: int) -> Upstream:
+        cfg = self.config
+        limits = UpstreamLimits(
+            max_head_bytes=cfg.max_response_header_bytes,
+            max_headers=cfg.max_response_headers,
+            head_timeout=cfg.response_header_timeout,
+            max_body_bytes=cfg.max_response_bytes,
+            max_buffered_bytes=cfg.max_response_buffer_bytes,
+        )
+        return Upstream(host, port, connect_timeout=cfg.connect_timeout, limits=limits)
 
     # ---- the guard -------------------------------------------------------------------
     def _judge(self, track: Track, outcome: str) -> None:

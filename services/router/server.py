@@ -25,6 +25,7 @@ from typing import Protocol
 import httptools
 
 from .proxy import Reply, Request, error_reply
+from .upstream import ByteBudget
 
 log = logging.getLogger("mlrollout.router")
 
@@ -44,11 +45,16 @@ class Limits:
     max_body: int = 16 << 20
     # Request line plus headers (nginx's large_client_header_buffers default is 32 KiB).
     max_header_bytes: int = 64 << 10
+    # Envoy's default is 100; each field costs ~150 bytes of Python objects here.
+    max_headers: int = 256
     # From the first byte of a request to the end of its headers, and from there to the
     # end of its body. Totals, not idle gaps: a byte every few seconds does not extend them.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     idle_timeout: float = 75.0
+    # Request bodies held at once over all connections (a body is kept until its request
+    # is answered: a retry on stable needs it). Beyond it: 503, retry later.
+    max_buffered_bytes: int = 64 << 20
 
 
 class Handler(Protocol):
@@ -64,9 +70,11 @@ class HttpServerProtocol(asyncio.Protocol):
         max_body: int,
         connections: set[HttpServerProtocol],
         limits: Limits | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits or Limits(max_body=max_body)
+        self.budget = budget or ByteBudget(self.limits.max_buffered_bytes)
         self.max_body = max_body
         self.connections = connections
         self.task: asyncio.Task[None] | None = None  # the request being answered
@@ -138,6 +146,10 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        for item, _ in self.pending:
+            if isinstance(item, Request):
+                self.budget.give(len(item.body))
+        self._drop_partial()
         self.pending.clear()
         self.connections.discard(self)
 
@@ -160,6 +172,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= self.limits.max_headers:
+            if not self.discard:
+                self._refuse(431, f"more than {self.limits.max_headers} header fields")
+            return
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -189,11 +205,21 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.discard:
             return
-        self._size += len(body)
-        if self._size > self.max_body:
+        n = len(body)
+        if self._size + n > self.max_body:
             self._refuse(413, f"request body larger than {self.max_body} bytes")
             return
+        if not self.budget.take(n):
+            limit = self.budget.limit
+            self._refuse(503, f"router is holding {limit} bytes of request bodies; retry later")
+            return
+        self._size += n
         self._body.append(body)
+
+    def _drop_partial(self) -> None:
+        """Give back the budget of a body being received that will not be a request."""
+        self.budget.give(self._size)
+        self._size, self._body = 0, []
 
     def on_message_complete(self) -> None:
         self._stop_timer()
@@ -204,9 +230,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.refusal is not None:
             self._refuse(*self.refusal)
             return
-        req = Request(
-            self.parser.get_method(), b"".join(self._url), self._headers, b"".join(self._body)
-        )
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        req = Request(self.parser.get_method(), b"".join(self._url), self._headers, body)
+        self._body, self._size = [], 0  # the request owns the body (and its budget) now
         self.pending.append((req, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
@@ -251,6 +278,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` after the requests before it, then close: the rest is unread."""
         self._stop_timer()
+        self._drop_partial()
         self.discard = True
         self.pending.append((error_reply(status, message), False))
         if not self.busy:
@@ -280,6 +308,8 @@ class HttpServerProtocol(asyncio.Protocol):
             log.exception("router failed on %s %r", req.method.decode(), req.target)
 
             reply = error_reply(500, "internal router error (logged)")
+        finally:
+            self.budget.give(len(req.body))
         self._write(reply, keep_alive)
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
@@ -344,14 +374,23 @@ async def start_server(
     max_header_bytes: int = Limits.max_header_bytes,
     header_timeout: float = Limits.header_timeout,
     body_timeout: float = Limits.body_timeout,
+    max_buffered_bytes: int = Limits.max_buffered_bytes,
 ) -> asyncio.Server:
     """Listen on ``host:port``; keep-alive connections idle for ``idle_timeout`` s are closed
     (clients that vanished without a FIN would otherwise hold file descriptors forever)."""
     loop = asyncio.get_running_loop()
     connections: set[HttpServerProtocol] = set()
-    limits = Limits(max_body, max_header_bytes, header_timeout, body_timeout, idle_timeout)
+    limits = Limits(
+        max_buffered_bytes=max_buffered_bytes,
+        max_body=max_body,
+        max_header_bytes=max_header_bytes,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+    )
+    budget = ByteBudget(limits.max_buffered_bytes)  # shared by all connections
     server = await loop.create_server(
-        lambda: HttpServerProtocol(handler, max_body, connections, limits),
+        lambda: HttpServerProtocol(handler, max_body, connections, limits, budget),
         host,
         port,
         reuse_address=True,

@@ -4,7 +4,14 @@ Written by hand instead of using aiohttp's client because the router pays this c
 every request (see docs/routing.md, Performance). It does only what the router needs:
 one request per connection at a time, ``Content-Length`` request bodies, complete
 (buffered) responses, connection reuse, and an error type that says whether the backend
-answered anything at all (only then is a retry on another backend unsafe).
+answered anything at all.
+
+A backend cannot make the router hold more than it allows (``Limits``): the response head
+is fed to the parser in slices no longer than what ``max_head_bytes`` has left (so neither
+the parser nor this module ever holds more), its header count is capped, it must be
+complete ``head_timeout`` s after its first byte, a body may be ``max_body_bytes`` long,
+and all bodies being received from one backend share a ``ByteBudget``. A response over
+any limit is an ``UpstreamError`` with ``bad_answer`` set.
 """
 
 from __future__ import annotations
@@ -17,16 +24,49 @@ import httptools
 
 
 class UpstreamError(Exception):
-    """The backend gave no complete response.
+    """The backend gave no complete, acceptable response.
 
     ``before_response`` is True when not a byte of a response arrived (connection
-    refused or reset, timeout while waiting): the request can be retried elsewhere.
+    refused or reset, timeout while waiting). Otherwise the backend answered, but badly
+    (malformed, over a limit, too slow, cut off).
     """
 
     def __init__(self, message: str, before_response: bool, timeout: bool = False) -> None:
         super().__init__(message)
         self.before_response = before_response
         self.timeout = timeout
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one backend's answers may cost the router."""
+
+    max_head_bytes: int = 64 << 10
+    max_headers: int = 256
+    head_timeout: float = 5.0  # from a response's first byte to the end of its headers
+    max_body_bytes: int = 8 << 20
+    # Bytes of bodies being received from this backend at once, over all its connections.
+    max_buffered_bytes: int = 32 << 20
+
+
+class ByteBudget:
+    """Bytes held at once by the responses of one backend (``peak`` is the high-water)."""
+
+    __slots__ = ("limit", "peak", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used, self.peak = limit, 0, 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 @dataclass(slots=True)
@@ -52,17 +92,41 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.used = False
         self.timer: asyncio.TimerHandle | None = None
-        self.max_body = pool.max_response_bytes
-        self.body_size = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.limits = pool.limits
+        self.head_bytes = 0
+        self.body_size = 0  # bytes of this response's body taken from the pool's budget
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
+        if self.waiter is None:
+            # Nothing asked (an idle pooled connection, or a response already refused):
+            # a backend talking out of turn cannot be trusted with the next request.
+            self.close()
+            return
         try:
-            self.parser.feed_data(data)
+            if not self.headers_done:
+                if not self.got_bytes:
+                    self.got_bytes = True
+                    self.head_timer = self.pool.loop.call_later(
+                        self.limits.head_timeout, self._head_timed_out
+                    )
+                limit = self.limits.max_head_bytes
+                while data and not self.headers_done and self.waiter is not None:
+                    room = limit - self.head_bytes
+                    if room <= 0:
+                        self._fail(
+                            UpstreamError(f"response headers larger than {limit} bytes", False)
+                        )
+                        return
+                    piece, data = data[:room], data[room:]
+                    self.head_bytes += len(piece)
+                    self.parser.feed_data(piece)
+            if data and self.waiter is not None:
+                self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"malformed response from backend: {exc}", False))
 
@@ -79,10 +143,25 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.limits.max_headers:
+            self._fail(
+                UpstreamError(f"response has more than {self.limits.max_headers} headers", False)
+            )
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if self.waiter is None:
+            return
+        length = next((v for n, v in self.headers if n.lower() == b"content-length"), None)
+        limit = self.limits.max_body_bytes
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            self._fail(UpstreamError(f"response body larger than {limit} bytes", False))
+            return
         if self.head:
             # A HEAD response announces a body it does not send; the parser would wait
             # for it, so finish here and do not reuse the connection.
@@ -94,10 +173,19 @@ class _Connection(asyncio.Protocol):
         return b"content-length" not in names and b"transfer-encoding" not in names
 
     def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.max_body:
-            self._fail(UpstreamError(f"backend response exceeds {self.max_body} bytes", False))
+        if self.waiter is None:
             return
+        n = len(body)
+        if self.body_size + n > self.limits.max_body_bytes:
+            limit = self.limits.max_body_bytes
+            self._fail(UpstreamError(f"response body larger than {limit} bytes", False))
+            return
+        if not self.pool.buffer.take(n):
+            limit = self.pool.buffer.limit
+            msg = f"response buffer for this backend ({limit} bytes) is full"
+            self._fail(UpstreamError(msg, False))
+            return
+        self.body_size += n
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -105,7 +193,9 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         self._stop_timer()
-        response = Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        response = Response(self.parser.get_status_code(), self.headers, body)
+        self._release()
         self.waiter = None
         keep = self.parser.should_keep_alive() and not self.closed
         waiter.set_result(response)
@@ -115,15 +205,18 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # used by Upstream
-    def send(self, data: bytes, timeout: float, head: bool = False) -> asyncio.Future[Response]:
+    def send(
+        self, data: tuple[bytes, ...], timeout: float, head: bool = False
+    ) -> asyncio.Future[Response]:
         loop = self.pool.loop
         self.waiter = waiter = loop.create_future()
         self.headers, self.body, self.body_size, self.got_bytes = [], [], 0, False
-        self.headers_done, self.head = False, head
+        self.headers_done, self.head, self.head_bytes = False, head, 0
         self.used = True
         self.timer = loop.call_later(timeout, self._on_timeout, timeout)
         assert self.transport is not None
-        self.transport.write(data)
+        for part in data:
+            self.transport.write(part)
         return waiter
 
     def close(self) -> None:
@@ -137,16 +230,31 @@ class _Connection(asyncio.Protocol):
         msg = f"backend gave no complete response within {timeout:g}s"
         self._fail(UpstreamError(msg, not self.got_bytes, timeout=True))
 
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        msg = f"response headers not complete within {self.limits.head_timeout:g}s"
+        self._fail(UpstreamError(msg, False, timeout=True))
+
     def _fail(self, exc: UpstreamError) -> None:
         waiter, self.waiter = self.waiter, None
+        self._release()
         self.close()  # a half-read connection can never be reused
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+
+    def _release(self) -> None:
+        if self.body_size:
+            self.pool.buffer.give(self.body_size)
+            self.body_size = 0
+        self.body = []
 
     def _stop_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
 
 class Upstream:
@@ -159,13 +267,14 @@ class Upstream:
         *,
         connect_timeout: float = 1.0,
         max_idle: int = 64,
-        max_response_bytes: int = 64 << 20,
+        limits: Limits | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
-        self.max_response_bytes = max_response_bytes
+        self.limits = limits or Limits()
+        self.buffer = ByteBudget(self.limits.max_buffered_bytes)
         self.loop = loop or asyncio.get_running_loop()
         self.host_header = (host if port == 80 else f"{host}:{port}").encode("idna")
         self._idle: deque[_Connection] = deque()
@@ -176,25 +285,35 @@ class Upstream:
     ) -> Response:
         """Send one request; ``headers`` are complete ``name: value\\r\\n`` lines (no Host or
         Content-Length: added here). Raises :class:`UpstreamError`."""
-        data = b"".join(
+        head_bytes = b"".join(
             (
                 method, b" ", target, b" HTTP/1.1\r\nhost: ", self.host_header,
                 b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n", headers, b"\r\n",
-                body,
             )
         )  # fmt: skip
+        # A large body is written on its own: no copy of it per try.
+        data: tuple[bytes, ...] = (head_bytes + body,) if len(body) < 65536 else (head_bytes, body)
         head = method == b"HEAD"
         conn = self._take_idle()
         if conn is not None:
             try:
                 return await conn.send(data, timeout, head)
+            except asyncio.CancelledError:
+                conn._fail(UpstreamError("request cancelled", False))
+                raise
             except UpstreamError as exc:
                 # The backend may have closed an idle connection just as we reused it:
                 # nothing was processed, so one retry on a fresh connection is safe.
                 if not exc.before_response or exc.timeout:
                     raise
+        loop = self.loop
+        start = loop.time()
         conn = await self._connect()
-        return await conn.send(data, timeout, head)
+        try:
+            return await conn.send(data, max(0.001, timeout - (loop.time() - start)), head)
+        except asyncio.CancelledError:
+            conn._fail(UpstreamError("request cancelled", False))
+            raise
 
     def close(self) -> None:
         """Close idle connections now and busy ones when they finish."""

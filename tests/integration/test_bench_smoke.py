@@ -45,11 +45,16 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     operator = results["operator"]["result"]
     assert len(operator["burst_latency_s"]) == operator["deployments"] == 10
     assert operator["analysis"]["runs"] > 0
-    (trial,) = results["rollback"]["trials"]
-    assert trial["outcome"] == "rolledBack" and trial["peak_weight"] > 0
+    trials = results["rollback"]["trials"]
+    assert [t["variant"] for t in trials] == ["short", "guard"]
+    assert all(t["outcome"] == "rolledBack" and t["peak_weight"] > 0 for t in trials)
+    guard = results["guard"]["summary"]
+    assert guard["errors"]["tripped"] == 1 and guard["agreement"]["tripped"] == 1
+    assert guard["healthy"]["tripped"] == 0
     assert any(t["target"].startswith("operator RSS") for t in results["targets"])
     report = (out / "benchmarks.md").read_text()
     assert "SMOKE" in report and "| mlrollout server |" in report
     assert "## Operator at scale" in report and "## Rollback" in report
+    assert "## Router guard and paired agreement" in report
     assert "## Reading these figures" in report
     assert (out / "bench" / "serving-cpu.png").stat().st_size > 1000

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httptools
+import httpx
 import pytest
 from mlrollout.services.netutil import free_port
 from mlrollout.services.router.proxy import Router, RouterConfig
@@ -113,7 +114,7 @@ GOOD = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n[1]"
     "head",
     [
         b"x-big: " + b"a" * (70 << 10) + b"\r\n",  # one large header
-        b"".join(b"x-h%d: %s\r\n" % (i, b"b" * 100) for i in range(1000)),  # many headers
+        b"".join(b"x-h%d: %s\r\n" % (i, b"b" * 400) for i in range(200)),  # many headers
         b"",  # a 70 KiB request target
     ],
     ids=["one-large-header", "many-headers", "long-target"],
@@ -125,6 +126,15 @@ async def test_request_headers_above_64kib_get_431(rig: Rig, head: bytes) -> Non
     assert [a.status for a in answers] == [431]
     assert b"65536 bytes" in answers[0].body and json.loads(answers[0].body)["error"]
     await rig.still_serves()
+
+
+async def test_more_than_256_header_fields_get_431(rig: Rig) -> None:
+    # 13,000 header fields fit in 64 KiB; as Python objects they would cost ~2 MB.
+    head = b"a: b\r\n" * 300
+    data = b"POST /predict HTTP/1.1\r\nhost: x\r\n" + head + b"content-length: 3\r\n\r\n[1]"
+    answers, _ = await rig.exchange(data)
+    assert [a.status for a in answers] == [431]
+    assert b"256 header fields" in answers[0].body
 
 
 async def test_headers_just_under_the_limit_are_served(rig: Rig) -> None:
@@ -281,3 +291,28 @@ async def test_a_reset_mid_request_costs_nothing(rig: Rig) -> None:
         sock.close()  # RST
     await asyncio.sleep(0.1)
     await rig.still_serves()
+
+
+async def test_request_bodies_held_at_once_are_bounded() -> None:
+    backend_port, port = free_port(), free_port()
+    router = Router(RouterConfig())
+    servers = [
+        await start_server(FakeBackend("v1", delay=0.5), "127.0.0.1", backend_port),
+        await start_server(router, "127.0.0.1", port, max_buffered_bytes=1 << 20),
+    ]
+    assert router.offer(json.dumps(table_doc(1, backend_port, None, 0)).encode(), "test")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            body = b"1" * (700 << 10)
+            first = asyncio.create_task(client.post("/predict", content=body))
+            await asyncio.sleep(0.2)  # the first body is held while the backend thinks
+            second = await client.post("/predict", content=body)
+            assert second.status_code == 503
+            assert "retry later" in second.json()["error"]
+            assert (await first).status_code == 200
+            # Given back once answered: the same body fits again.
+            assert (await client.post("/predict", content=body)).status_code == 200
+    finally:
+        await router.aclose()
+        for server in servers:
+            server.close()

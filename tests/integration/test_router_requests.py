@@ -166,10 +166,11 @@ async def test_unreachable_stable_is_a_502(rig_factory) -> None:  # type: ignore
 
 
 async def test_canary_5xx_is_not_hidden(rig_factory) -> None:  # type: ignore[no-untyped-def]
-    rig = await rig_factory(canary=FakeBackend("v2", status=503))
+    # (A 503 is "not ready": retried on stable, see test_router_hostile_backends.py.)
+    rig = await rig_factory(canary=FakeBackend("v2", status=500))
     rig.load(1, 100)
     resp = await rig.client.post("/predict", content=b"[1]")
-    assert resp.status_code == 503
+    assert resp.status_code == 500
     assert resp.headers["x-mlrollout-track"] == "canary"
     assert (
         rig.metric("mlrollout_router_requests_total", track="canary", outcome="server_error") == 1
