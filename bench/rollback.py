@@ -105,8 +105,8 @@ def router_counts(router_url: str) -> dict[tuple[str, str], float]:
 
 
 def _canary_weight(session: LocalSession) -> int:
-    table = session.router.get_routes() or {}
-    return int((table.get("weights") or {}).get("canary", 0))
+    table = session.router.get_routes()
+    return table.canary_weight if table else 0
 
 
 def run_trial(
@@ -259,6 +259,9 @@ def failed_checks(reason: str) -> list[str]:
     """``analysis failed 2 times in a row (errorRate, latency)`` -> the check names."""
     if reason.startswith("router guard"):
         return ["routerGuard"]
+    crossed = re.match(r"sequential test crossed: (\w+)", reason)
+    if crossed:
+        return [crossed.group(1)]
     found = re.search(r"\(([^)]*)\)", reason)
     if not found:
         return [reason[:40]] if reason else []

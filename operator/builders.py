@@ -449,6 +449,12 @@ def routes_configmap(owner: Owner, table: Mapping[str, Any]) -> Obj:
     }
 
 
+# What a router may do with its routing ConfigMap (and nothing else): read the table, patch
+# in the guard's report. The operator creates this Role, so Kubernetes requires it to hold
+# these verbs itself (the chart grants them: see ``deploy_assets.operator_rules``).
+ROUTER_CONFIGMAP_VERBS = ("get", "list", "watch", "patch")
+
+
 def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Obj]:
     """Router Deployment plus the least RBAC it needs: read its own ConfigMap, and patch it
     (the guard's report under ``guard.json``)."""
@@ -517,7 +523,7 @@ def router_objects(owner: Owner, serving: Serving, replicas: int = 1) -> list[Ob
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [cm],
-                "verbs": ["get", "list", "watch", "patch"],
+                "verbs": list(ROUTER_CONFIGMAP_VERBS),
             }
         ],
     }

@@ -69,12 +69,12 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()  # type: ignore[call-arg]
-            # An object default of {} lets the API server fill in the nested defaults.
-            return (
-                {}
-                if isinstance(value, BaseModel)
-                else to_jsonable_python(value, by_alias=True, exclude_none=True)
-            )
+            # An object default is written out in full: the API server checks a default
+            # against the CEL rules as it stands, without filling in the nested defaults
+            # first, so `default: {}` fails every rule that reads a defaulted field.
+            if isinstance(value, BaseModel):
+                return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return to_jsonable_python(value, by_alias=True, exclude_none=True)
         default = super().get_default_value(schema)
         return PydanticUndefined if default is PydanticUndefined else default
 
@@ -122,7 +122,9 @@ def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
         target = _convert(defs[name], defs, rules)
         if name in rules:
             target["x-kubernetes-validations"] = rules[name]
-        target.update({k: _convert(v, defs, rules) for k, v in node.items() if k in _KEEP})
+        # Beside a $ref only annotations (description, default): values, not schemas, so
+        # they are kept as they are (a default object run through _convert came out `{}`).
+        target.update({k: v for k, v in node.items() if k in _KEEP})
         return _clean(target)
     if node.get("x-kubernetes-int-or-string"):
         return {k: v for k, v in node.items() if k in _KEEP or k == "anyOf"}
@@ -131,7 +133,7 @@ def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
         if len(options) != 1:
             raise ValueError(f"cannot express anyOf {options} in a structural schema")
         merged = _convert(options[0], defs, rules)
-        merged.update({k: _convert(v, defs, rules) for k, v in node.items() if k in _KEEP})
+        merged.update({k: v for k, v in node.items() if k in _KEEP})
         return _clean(merged)
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -237,9 +239,10 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version."},
                                 "kind": {"type": "string", "description": "Kind."},
+                                # Nothing but name restrictions (no description either):
+                                # the structural-schema rule refuses the CRD otherwise.
                                 "metadata": {
                                     "type": "object",
-                                    "description": "Object metadata.",
                                     "properties": {"name": NAME_SCHEMA},
                                 },
                                 "spec": spec,

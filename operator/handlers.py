@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -79,6 +79,10 @@ class Deps:
     monotonic: Callable[[], float] = time.monotonic
     # Told (uid, monotonic due time) whenever an object's next due time is decided.
     on_due: Callable[[str, float], None] | None = None
+    # Told each decision's events (notifications); must not block (webhook.py queues).
+    notify: Callable[[DeploymentKey, Mapping[str, Any], Sequence[Event], datetime], None] | None = (
+        None
+    )
     memory: dict[str, _Memory] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -192,6 +196,11 @@ def reconcile_object(
         deps.set_due(uid, memory, deps.monotonic() + result.requeue_after)
         _announce(current, result, emit)
         _measure(namespace, name, current, result)
+        if deps.notify is not None and result.events:
+            try:
+                deps.notify(DeploymentKey(namespace, name), spec, result.events, deps.clock())
+            except Exception:  # a notification never costs a reconcile
+                log.exception("%s/%s: notifications not sent", namespace, name)
         log.debug("%s/%s reconciled (%s): %d status fields", namespace, name, reason, len(changes))
         return result.requeue_after
     finally:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from mlrollout.operator.model import ModelRef, Serving, Traffic
+from mlrollout.services.router.table import RoutingTable
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RevisionState:
     ready: bool
     url: str | None = None
     message: str = ""
+    gone: bool = False  # exited and will not be restarted: the engine need not wait
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,15 @@ class RoutesChanged(Exception):
 
 
 class TrafficRouter(Protocol):
-    def set_routes(self, table: dict[str, Any]) -> None:
+    """Every implementation takes and returns the router's own ``RoutingTable`` type: a
+    table is validated once, where it is built (``parse_table``), the same way the router
+    process validates what it reads."""
+
+    def set_routes(self, table: RoutingTable) -> None:
         """Put the routing table (docs/architecture.md) in force; raise on failure, and
         ``RoutesChanged`` when the table in force is no longer the one last read."""
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         """The routing table in force, or None when there is none yet."""
 
     def guard_report(self) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ from mlrollout.operator.interfaces import (
 )
 from mlrollout.operator.kube import Conflict, Kube, KubeError
 from mlrollout.operator.model import GROUP, VERSION, Gateway, ModelRef, Serving, Traffic
+from mlrollout.services.router.table import TRACKS, RoutingTable, TableError, Track, parse_table
 
 log = logging.getLogger(__name__)
 TABLE_ANNOTATION = "mlrollout.io/routing-table"
@@ -254,18 +255,18 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def sync_track_services(
-    kube: Kube, owner: b.Owner, table: Mapping[str, Any], also: Sequence[Callable[[], Any]] = ()
-) -> dict[str, str]:
+    kube: Kube, owner: b.Owner, table: RoutingTable, also: Sequence[Callable[[], Any]] = ()
+) -> dict[Track, str]:
     """Point ``{md}-{track}`` at the revision the table routes that track to.
 
     Returns ``{track: revision Service name}``; a track with no backend loses its Service.
     ``also``: further writes sent in the same batch (the table itself).
     """
-    out: dict[str, str] = {}
+    out: dict[Track, str] = {}
     calls: list[Callable[[], Any]] = list(also)
-    for track in ("stable", "canary"):
-        backend = (table.get("backends") or {}).get(track)
-        revision = b.revision_of_url(owner.name, backend["url"]) if backend else None
+    for track in TRACKS:
+        backend = table.backends.get(track)
+        revision = b.revision_of_url(owner.name, backend.url) if backend else None
         if revision is None:
             if track == "canary":
                 calls.append(
@@ -310,32 +311,32 @@ class ConfigMapRouter:
         self.owner = owner
         self._table = _Guarded()
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         # The table goes out with the track Services; a router pod ignores a table whose
         # Service is not there yet only for the moment they differ (both are retried).
-        cm = b.routes_configmap(self.owner, table)
+        cm = b.routes_configmap(self.owner, table.to_doc())
         sync_track_services(
             self.kube, self.owner, table, [lambda: self._table.write(self.kube, cm)]
         )
         data = self._data()
-        if stale_guard(_parse_table(data.get(b.GUARD_KEY)), table):
+        if stale_guard(_parse_json(data.get(b.GUARD_KEY)), table):
             # A trip of a canary this table no longer routes to (the rollback it caused is
             # recorded): drop it, so a retry of the same revision starts unjudged.
             name = b.routes_configmap_name(self.owner.name)
             patch = {"data": {b.GUARD_KEY: None}}
             self._table.saw(self.kube.merge_patch("ConfigMap", self.owner.namespace, name, patch))
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         cm = self._table.saw(
             self.kube.get(
                 "ConfigMap", self.owner.namespace, b.routes_configmap_name(self.owner.name)
             )
         )
-        return _parse_table((cm or {}).get("data", {}).get(b.TABLE_KEY))
+        return _table_in_force((cm or {}).get("data", {}).get(b.TABLE_KEY))
 
     def guard_report(self) -> dict[str, Any] | None:
         """What the router wrote under ``guard.json`` when its guard tripped."""
-        return _parse_table(self._data().get(b.GUARD_KEY))
+        return _parse_json(self._data().get(b.GUARD_KEY))
 
     def _data(self) -> dict[str, Any]:
         name = b.routes_configmap_name(self.owner.name)
@@ -353,15 +354,17 @@ class HTTPRouteRouter:
         self.gateway = gateway
         self._route = _Guarded()
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         services = sync_track_services(self.kube, self.owner, table)
-        weights = table.get("weights") or {}
-        backends = {t: (svc, int(weights.get(t, 0))) for t, svc in services.items()}
+        backends: dict[str, tuple[str, int]] = {
+            t: (svc, table.weights.get(t, 0)) for t, svc in services.items()
+        }
         parents = [
             {"name": p.name, "namespace": p.namespace, "sectionName": p.section_name}
             for p in self.gateway.parent_refs
         ]
-        annotation = {TABLE_ANNOTATION: json.dumps(table, sort_keys=True, separators=(",", ":"))}
+        doc = table.to_doc()
+        annotation = {TABLE_ANNOTATION: json.dumps(doc, sort_keys=True, separators=(",", ":"))}
         route = b.http_route(self.owner, backends, parents, self.gateway.hostnames, annotation)
         # backendRefs is a list: merge-patch replaces it whole, which is what we want.
         self._route.write(self.kube, route)
@@ -369,21 +372,20 @@ class HTTPRouteRouter:
     def guard_report(self) -> dict[str, Any] | None:
         return None  # no router guard behind a Gateway API route
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         route = self._route.saw(self.kube.get("HTTPRoute", self.owner.namespace, self.owner.name))
         annotations = (route or {}).get("metadata", {}).get("annotations") or {}
-        return _parse_table(annotations.get(TABLE_ANNOTATION))
+        return _table_in_force(annotations.get(TABLE_ANNOTATION))
 
 
-def stale_guard(report: Mapping[str, Any] | None, table: Mapping[str, Any]) -> bool:
+def stale_guard(report: Mapping[str, Any] | None, table: RoutingTable) -> bool:
     """Whether a guard report names a canary other than the one ``table`` routes to."""
     trip = (report or {}).get("trip")
+    canary = table.backends.get("canary")
     if not isinstance(trip, Mapping):
-        return report is not None and "canary" not in (table.get("backends") or {})
-    canary = (table.get("backends") or {}).get("canary") or {}
+        return report is not None and canary is None
     return (trip.get("canaryVersion"), trip.get("canaryUrl")) != (
-        canary.get("version"),
-        canary.get("url"),
+        (canary.version, canary.url) if canary else (None, None)
     )
 
 
@@ -393,15 +395,27 @@ def make_router(kube: Kube, owner: b.Owner, traffic: Traffic) -> ConfigMapRouter
     return ConfigMapRouter(kube, owner)
 
 
-def _parse_table(text: str | None) -> dict[str, Any] | None:
+def _parse_json(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        table = json.loads(text)
+        doc = json.loads(text)
     except ValueError:
-        log.warning("routing table in force is not JSON; it will be rewritten")
+        log.warning("a document in force is not JSON; it will be rewritten")
         return None
-    return table if isinstance(table, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def _table_in_force(text: str | None) -> RoutingTable | None:
+    """The table in force, or None when there is none or the router could not use it
+    either (it is then rewritten from the decision, like a missing one)."""
+    if not text:
+        return None
+    try:
+        return parse_table(text)
+    except TableError as exc:
+        log.warning("routing table in force is unusable; it will be rewritten: %s", exc)
+        return None
 
 
 def event_object(

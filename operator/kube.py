@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 
 import kubernetes
 import urllib3
+from mlrollout.operator.api import API_VERSION, PLURAL
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -69,6 +70,15 @@ class Resource:
     api_version: str
     plural: str
     namespaced: bool = True
+    # What the operator calls on this resource. The chart's RBAC rules are generated from
+    # these (``tools/deploy_assets.py``), and the operator's client refuses a
+    # call not declared here, so the tests find a missing grant before a cluster does.
+    verbs: frozenset[str] = frozenset()
+    status_verbs: frozenset[str] = frozenset()  # on the status subresource
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
 
     def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
         base = (
@@ -86,19 +96,45 @@ class Resource:
         return base
 
 
+def _verbs(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+# `apply` is get + create + patch; children are found by `list` with a label selector and
+# removed with `delete` when a revision or the other router path is no longer wanted.
+_CHILD = _verbs("get", "create", "patch", "delete")
 RESOURCES: dict[str, Resource] = {
-    "ConfigMap": Resource("v1", "configmaps"),
-    "Service": Resource("v1", "services"),
-    "ServiceAccount": Resource("v1", "serviceaccounts"),
-    "Event": Resource("v1", "events"),
-    "Deployment": Resource("apps/v1", "deployments"),
-    "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
-    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
-    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
-    "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
-    "HTTPRoute": Resource("gateway.networking.k8s.io/v1", "httproutes"),
-    "ModelDeployment": Resource("mlrollout.io/v1alpha1", "modeldeployments"),
+    "ConfigMap": Resource("v1", "configmaps", verbs=_CHILD),
+    "Service": Resource("v1", "services", verbs=_CHILD | {"list"}),
+    "ServiceAccount": Resource("v1", "serviceaccounts", verbs=_CHILD),
+    # kopf posts Events (kopf.event); nothing here reads or changes them.
+    "Event": Resource("v1", "events", verbs=_verbs("create")),
+    "Deployment": Resource("apps/v1", "deployments", verbs=_CHILD | {"list"}),
+    "Role": Resource("rbac.authorization.k8s.io/v1", "roles", verbs=_CHILD),
+    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings", verbs=_CHILD),
+    # One per ModelDeployment, never removed by the operator (garbage-collected with it).
+    "PodDisruptionBudget": Resource(
+        "policy/v1", "poddisruptionbudgets", verbs=_verbs("get", "create", "patch")
+    ),
+    "HorizontalPodAutoscaler": Resource(
+        "autoscaling/v2", "horizontalpodautoscalers", verbs=_CHILD | {"list"}
+    ),
+    "HTTPRoute": Resource("gateway.networking.k8s.io/v1", "httproutes", verbs=_CHILD),
+    # kopf lists and watches them, patches its annotations (progress, last-handled
+    # configuration) on the object and the status through the status subresource.
+    "ModelDeployment": Resource(
+        API_VERSION,
+        PLURAL,
+        verbs=_verbs("list", "watch", "patch"),
+        status_verbs=_verbs("patch"),
+    ),
 }
+# Cluster mode only (kopf's scanning, off in namespaced mode): namespaces and CRDs coming
+# and going. Group, resource, verbs.
+CLUSTER_SCOPED_CALLS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("", "namespaces", _verbs("list", "watch")),
+    ("apiextensions.k8s.io", "customresourcedefinitions", _verbs("list", "watch")),
+)
 
 
 def resource_of(kind: str) -> Resource:
@@ -106,6 +142,10 @@ def resource_of(kind: str) -> Resource:
         return RESOURCES[kind]
     except KeyError:
         raise ValueError(f"kind {kind!r} is not one the operator manages") from None
+
+
+class UndeclaredCall(ValueError):
+    """The operator called a verb its RBAC does not grant (not declared in RESOURCES)."""
 
 
 def is_subset(desired: Any, actual: Any) -> bool:
@@ -130,7 +170,16 @@ def is_subset(desired: Any, actual: Any) -> bool:
 class Kube:
     """A thin JSON client. Every method raises :class:`KubeError` (or a subclass)."""
 
-    def __init__(self, configuration: kubernetes.client.Configuration, timeout: float = 10.0):
+    def __init__(
+        self,
+        configuration: kubernetes.client.Configuration,
+        timeout: float = 10.0,
+        *,
+        declared_only: bool = False,
+    ):
+        # declared_only (the operator): refuse any call RESOURCES does not declare, since
+        # the operator's RBAC grants nothing else. Tools and tests leave it off.
+        self._declared_only = declared_only
         # Children are written concurrently (k8s_runtime); keep those connections pooled.
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, 32)
         self._config = configuration
@@ -139,14 +188,14 @@ class Kube:
         self._timeout = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout)
 
     @classmethod
-    def from_environment(cls, timeout: float = 10.0) -> Kube:
+    def from_environment(cls, timeout: float = 10.0, *, declared_only: bool = False) -> Kube:
         """In-cluster service account if present, else the kubeconfig (``KUBECONFIG``)."""
         configuration = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
-        return cls(configuration, timeout)
+        return cls(configuration, timeout, declared_only=declared_only)
 
     @classmethod
     def from_kubeconfig(
@@ -223,9 +272,21 @@ class Kube:
 
     # --- typed ----------------------------------------------------------------------------
 
+    def _resource(self, kind: str, verb: str, sub: str | None = None) -> Resource:
+        res = resource_of(kind)
+        if self._declared_only:
+            declared = res.status_verbs if sub == "status" else res.verbs
+            if sub not in (None, "status") or verb not in declared:
+                what = f"{res.plural}/{sub}" if sub else res.plural
+                raise UndeclaredCall(
+                    f"{verb} {what}: not declared in kube.RESOURCES, so not granted by the "
+                    "chart's RBAC (declare it and run `make crds`)"
+                )
+        return res
+
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
-            obj = self.request("GET", resource_of(kind).path(namespace, name))
+            obj = self.request("GET", self._resource(kind, "get").path(namespace, name))
         except NotFound:
             return None
         return dict(obj)
@@ -236,7 +297,7 @@ class Kube:
             if (labels)
             else None
         )
-        out = self.request("GET", resource_of(kind).path(namespace), query=query)
+        out = self.request("GET", self._resource(kind, "list").path(namespace), query=query)
         items = list((out or {}).get("items") or [])
         if labels:  # do not trust the server to have filtered (some test servers do not)
             items = [i for i in items if _has_labels(i, labels)]
@@ -244,7 +305,7 @@ class Kube:
 
     def create(self, obj: Mapping[str, Any]) -> Obj:
         meta = obj["metadata"]
-        res = resource_of(obj["kind"])
+        res = self._resource(obj["kind"], "create")
         out = self.request("POST", res.path(meta.get("namespace")), body=obj)
         # Some servers answer a create with an empty body; the object is then what we sent.
         return dict(out) if isinstance(out, Mapping) else dict(obj)
@@ -263,7 +324,7 @@ class Kube:
         if resource_version is not None:
             meta = {**(patch.get("metadata") or {}), "resourceVersion": resource_version}
             patch = {**patch, "metadata": meta}
-        path = resource_of(kind).path(namespace, name, sub)
+        path = self._resource(kind, "patch", sub).path(namespace, name, sub)
         return dict(
             self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
             or {}
@@ -272,7 +333,7 @@ class Kube:
     def json_patch(
         self, kind: str, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]
     ) -> Obj:
-        path = resource_of(kind).path(namespace, name)
+        path = self._resource(kind, "patch").path(namespace, name)
         return dict(
             self.request("PATCH", path, body=list(ops), content_type="application/json-patch+json")
             or {}
@@ -282,7 +343,7 @@ class Kube:
         """Delete (background propagation); False when it was already gone."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            self.request("DELETE", resource_of(kind).path(namespace, name), body=body)
+            self.request("DELETE", self._resource(kind, "delete").path(namespace, name), body=body)
         except NotFound:
             return False
         return True

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 import kopf
-from mlrollout.operator import handlers, opmetrics
+from mlrollout.operator import handlers, notify, opmetrics
 from mlrollout.operator import k8s_runtime as kr
 from mlrollout.operator.builders import Owner
 from mlrollout.operator.handlers import Deps, Emit
@@ -34,6 +34,7 @@ from mlrollout.operator.model import GROUP, PLURAL, VERSION, Traffic
 from mlrollout.operator.pacer import Pacer
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.settings import OperatorSettings, SettingsError
+from mlrollout.operator.webhook import WebhookSender
 
 try:
     SETTINGS = OperatorSettings.from_env()
@@ -48,6 +49,7 @@ HANDLER_THREADS = 16
 DUE_THREADS = 4
 _deps: Deps | None = None
 _pacer: Pacer | None = None
+_notifier = WebhookSender()  # notifications, sent from its own thread
 _pacer_task: asyncio.Task[None] | None = None
 
 
@@ -145,13 +147,16 @@ def _run_due(uid: str) -> None:
 async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     global _deps, _pacer, _pacer_task
     configure_kopf(settings, SETTINGS)
-    kube = Kube.from_environment(timeout=SETTINGS.api_timeout)
+    kube = Kube.from_environment(timeout=SETTINGS.api_timeout, declared_only=True)
     _pacer = Pacer(_run_due, workers=DUE_THREADS)
     _deps = Deps(
         settings=SETTINGS,
         plugins=KubePlugins(kube, SETTINGS.router_image),
         metrics=PrometheusProvider(SETTINGS.prometheus_url, timeout=SETTINGS.prometheus_timeout),
         on_due=_pacer.schedule,
+        notify=lambda key, spec, events, now: _notifier.send(
+            notify.messages(key, spec, events, now)
+        ),
     )
     _pacer_task = asyncio.get_running_loop().create_task(_pacer.run(), name="mlrollout-pacer")
     opmetrics.serve(SETTINGS.metrics_port)

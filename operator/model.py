@@ -95,6 +95,27 @@ def _duration(value: str) -> str:
     return value
 
 
+def _pause(value: str) -> str:
+    if value != MANUAL and not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(
+            f"invalid pause {value!r}: use a duration (e.g. 30s, 5m, 1h30m) or 'manual'"
+        )
+    return value
+
+
+# A duration field: the CRD keeps the pattern (the API server checks it); local mode and the
+# operator say what to write ("use e.g. 30s, 5m, 1h30m") instead of showing the regex.
+Duration = Annotated[
+    str,
+    AfterValidator(_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+]
+PAUSE_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|manual)$"
+Pause = Annotated[
+    str, AfterValidator(_pause), WithJsonSchema({"type": "string", "pattern": PAUSE_PATTERN})
+]
+
+
 class _Spec(BaseModel):
     """Spec models accept exactly what the API server accepts (kubectl, fieldValidation=Strict):
 
@@ -395,9 +416,8 @@ class Step(_Spec):
             "(needs traffic.shadowPercent > 0)."
         ),
     )
-    pause: str | None = Field(
+    pause: Pause | None = Field(
         default=None,
-        pattern=r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|manual)$",
         description=(
             "Least time at this weight (e.g. 30s, 5m), counted from the step's start; the "
             "step also needs a passing analysis run. Absent: advance as soon as analysis "
@@ -428,9 +448,8 @@ class OnProviderError(_Spec):
             "Never promotes."
         ),
     )
-    max_hold: str = Field(
+    max_hold: Duration = Field(
         default="10m",
-        pattern=DURATION_PATTERN,
         description="How long provider errors may last before the action's consequence.",
     )
 
@@ -447,22 +466,21 @@ class ErrorRateCheck(_Spec):
         ge=0,
         le=1,
         alias="max",
-        description="Highest allowed canary server-error rate (server_error / requests).",
+        description=(
+            "Highest allowed canary server-error rate (server_error / requests): rolled back "
+            "when an anytime-valid bound shows the rate above it; a pass needs the bound below."
+        ),
     )
     max_increase: float = Field(
-        default=0.0,
+        default=0.01,
         ge=0,
         le=1,
         description=(
-            "Largest allowed increase of the canary's error rate over stable's; the canary "
-            "fails only if a one-sided count-based test is confident the increase is larger."
+            "Tolerance for promotion: a step passes only when an anytime-valid upper bound "
+            "of the canary's error rate minus stable's (requests since the rollout began) is "
+            "at most this. Rollback does not wait for it: evidence that the canary fails more "
+            "often than stable at all (sequential split test) rolls back at once."
         ),
-    )
-    confidence: float = Field(
-        default=0.95,
-        ge=0.5,
-        le=0.9999,
-        description="Confidence of the comparison with stable (e.g. 0.95).",
     )
 
 
@@ -475,7 +493,11 @@ class LatencyCheck(_Spec):
     max_ratio: float | None = Field(
         default=1.5,
         gt=0,
-        description="Highest allowed canary/stable latency ratio at the quantile.",
+        description=(
+            "Highest allowed canary/stable latency ratio at the quantile (tolerance both "
+            "ways: rolled back when confidently above it, passed when confidently below). "
+            "Resolved on histogram bucket edges, so the buckets must be finer than it."
+        ),
     )
 
 
@@ -517,6 +539,22 @@ class FeedbackAccuracyCheck(_Spec):
     )
     min_samples: Int = Field(
         default=50, ge=1, description="Feedback events needed before judging accuracy."
+    )
+
+
+class AgreementCheck(_Spec):
+    """Paired agreement: canary and stable answer the same requests (traffic.agreement)."""
+
+    enabled: bool = Field(default=True, description="Run this check.")
+    min: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description=(
+            "Lowest allowed share of mirrored requests that canary and stable answer the same "
+            "(same class; regression within the router's tolerance). Rolled back when an "
+            "anytime-valid bound shows the share below it; a pass needs the bound above."
+        ),
     )
 
 
@@ -569,6 +607,13 @@ class Metrics(_Spec):
     feedback_accuracy: FeedbackAccuracyCheck | None = Field(
         default=None, description="Accuracy from delayed ground truth (feedback endpoint)."
     )
+    agreement: AgreementCheck | None = Field(
+        default=None,
+        description=(
+            "Agreement of canary and stable on mirrored requests (needs traffic.agreement "
+            "with percent > 0); catches wrong answers without labels."
+        ),
+    )
     custom: list[CustomCheck] = Field(
         default_factory=list,
         max_length=20,
@@ -585,31 +630,77 @@ class Metrics(_Spec):
 
 
 class Analysis(_Spec):
-    interval: str = Field(
-        default="30s", pattern=DURATION_PATTERN, description="Time between analysis runs."
+    interval: Duration = Field(
+        default="30s",
+        description=(
+            "Time between analysis runs. The sequential tests may run as often as you like "
+            "without raising the false-rollback probability: shorter acts sooner."
+        ),
     )
-    window: str = Field(
+    window: Duration = Field(
         default="2m",
-        pattern=DURATION_PATTERN,
-        description="Look-back window of every query (counter increases over this window).",
+        description=(
+            "Deprecated and ignored: the tests use all counts since the step (or the "
+            "rollout) began. Kept so that existing specs stay valid."
+        ),
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        le=0.5,
+        description=(
+            "Per-rollout probability of rolling back a canary that is no worse than stable "
+            "(and of passing a step on a bound that does not hold), however often analysis "
+            "runs; split among the sequential checks."
+        ),
+    )
+    pass_risk: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.5,
+        description=(
+            "Per-rollout probability that a step passes on confidence bounds that do not "
+            "hold (a canary worse than a tolerance promoted); split among the sequential "
+            "checks. Larger passes healthy canaries on fewer requests."
+        ),
     )
     min_samples: Int = Field(
         default=100,
         ge=1,
-        description="Canary requests needed in the window; fewer holds the step (noData).",
+        description=(
+            "Canary requests at the current step before the step may pass (a failure needs "
+            "no minimum: the tests are valid at any sample size)."
+        ),
     )
     failure_limit: Int = Field(
         default=2,
         ge=1,
         le=100,
-        description="Consecutive failed analysis runs that roll the canary back.",
+        description=(
+            "Failed runs in a row of one window check (inputDrift, custom) that roll the "
+            "canary back. Sequential checks roll back on their first crossing."
+        ),
+    )
+    step_deadline: Duration = Field(
+        default="10m",
+        description=(
+            "How long a step may go without evidence either way before onInconclusive "
+            "applies (counted from the step's start)."
+        ),
+    )
+    on_inconclusive: Literal["hold", "rollback", "promote"] = Field(
+        default="hold",
+        description=(
+            "What happens at stepDeadline when the evidence is still insufficient: hold the "
+            "step (Warning event, status says how many more requests would decide), roll "
+            "back, or pass the step anyway."
+        ),
     )
     on_provider_error: OnProviderError = Field(
         default_factory=OnProviderError, description="What to do when Prometheus cannot answer."
     )
-    max_staleness: str = Field(
+    max_staleness: Duration = Field(
         default="2m",
-        pattern=DURATION_PATTERN,
         description="Metrics older than this count as a provider error (scraping stopped).",
     )
     metrics: Metrics = Field(default_factory=Metrics, description="The checks to run.")
@@ -620,6 +711,7 @@ class Analysis(_Spec):
         for name, text in (
             ("interval", self.interval),
             ("window", self.window),
+            ("stepDeadline", self.step_deadline),
             ("maxStaleness", self.max_staleness),
         ):
             if parse_duration(text) <= 0:
@@ -634,9 +726,8 @@ class Rollout(_Spec):
         max_length=20,
         description="Canary weights, in order; after the last step the canary is promoted.",
     )
-    progress_deadline: str = Field(
+    progress_deadline: Duration = Field(
         default="10m",
-        pattern=DURATION_PATTERN,
         description=(
             "How long a revision may stay not ready. A canary past it is rolled back; a first "
             "deployment past it turns Degraded."
@@ -756,6 +847,15 @@ class Traffic(_Spec):
         le=100,
         description="Percent of stable traffic mirrored to the canary; responses discarded.",
     )
+    track_header: Literal["off", "weighted", "always"] = Field(
+        default="off",
+        description=(
+            "Whether a client may pick the track with the x-mlrollout-track header. off: "
+            "ignored. weighted: stable, or a canary while its weight is above 0. always: also "
+            "a canary at weight 0 (e.g. a shadow step). A rolled-back canary is never "
+            "reachable. Feedback is pinned to the track that predicted in every mode."
+        ),
+    )
 
     agreement: AgreementMirror | None = Field(
         default=None,
@@ -772,6 +872,8 @@ class Traffic(_Spec):
             raise ValueError("traffic.gateway is required when traffic.router is gatewayAPI")
         if self.router == "gatewayAPI" and self.shadow_percent:
             raise ValueError("traffic.shadowPercent needs the builtin router")
+        if self.router == "gatewayAPI" and self.track_header != "off":
+            raise ValueError("traffic.trackHeader needs the builtin router")
         if self.router == "gatewayAPI" and self.agreement is not None and self.agreement.percent:
             raise ValueError("traffic.agreement needs the builtin router")
         return self
@@ -805,6 +907,49 @@ class Controls(_Spec):
     )
 
 
+NotifyEvent = Literal["rolloutStarted", "promoted", "rolledBack", "stableDrift"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("rolloutStarted", "promoted", "rolledBack", "stableDrift")
+
+
+class Webhook(_Spec):
+    """An HTTP endpoint told about rollout events (JSON, or a Slack-compatible body)."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "Where to POST (http or https). Anyone who can read the ModelDeployment can read "
+            "it: use an endpoint that does not rely on a secret in its URL, or a relay."
+        ),
+    )
+    format: Literal["json", "slack"] = Field(
+        default="json",
+        description="json: mlrollout's event document; slack: a Slack incoming-webhook body.",
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        min_length=1,
+        description="Which events to send: rolloutStarted, promoted, rolledBack, stableDrift.",
+    )
+    timeout: Duration = Field(
+        default="5s",
+        description="Longest wait for the endpoint per event (at most 30s); never delays a rollout.",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_bounded(self) -> Webhook:
+        if not 0 < parse_duration(self.timeout) <= 30:
+            raise ValueError("notifications.webhooks[].timeout must be in (0s, 30s]")
+        return self
+
+
+class Notifications(_Spec):
+    webhooks: list[Webhook] = Field(
+        default_factory=list, max_length=5, description="Endpoints told about rollout events."
+    )
+
+
 class ModelDeploymentSpec(_Spec):
     model: ModelRef = Field(description="The model to serve; changing it starts a rollout.")
     serving: Serving = Field(default_factory=Serving, description="How each revision runs.")
@@ -814,6 +959,21 @@ class ModelDeploymentSpec(_Spec):
         default_factory=Controls,
         description="One-shot operator actions that work from Git: change a token to act.",
     )
+    notifications: Notifications | None = Field(
+        default=None,
+        description="Webhooks told when a rollout starts, is promoted or rolled back, or stable drifts.",
+    )
+
+    @model_validator(mode="after")
+    def _agreement_gate_needs_mirroring(self) -> ModelDeploymentSpec:
+        gate = self.rollout.analysis.metrics.agreement
+        mirror = self.traffic.agreement
+        if gate is not None and gate.enabled and (mirror is None or not mirror.percent):
+            raise ValueError(
+                "rollout.analysis.metrics.agreement needs traffic.agreement.percent > 0 "
+                "(the router mirrors that share of requests to compare the answers)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shadow_for_zero_weight(self) -> ModelDeploymentSpec:
@@ -834,7 +994,16 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "!self.rollout.steps.exists(s, s.weight == 0) || (has(self.traffic) && "
             "has(self.traffic.shadowPercent) && self.traffic.shadowPercent > 0)",
             "message": "a step with weight 0 needs traffic.shadowPercent > 0",
-        }
+        },
+        {
+            "rule": "!has(self.rollout) || !has(self.rollout.analysis) || "
+            "!has(self.rollout.analysis.metrics) || !has(self.rollout.analysis.metrics.agreement)"
+            " || (has(self.rollout.analysis.metrics.agreement.enabled) && "
+            "!self.rollout.analysis.metrics.agreement.enabled) || (has(self.traffic) && "
+            "has(self.traffic.agreement) && has(self.traffic.agreement.percent) && "
+            "self.traffic.agreement.percent > 0)",
+            "message": "the agreement gate needs traffic.agreement.percent > 0",
+        },
     ],
     Resources: [
         *(
@@ -908,7 +1077,14 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "rule": f"duration(self.{name}) > duration('0s')",
             "message": f"{name} must be longer than 0s",
         }
-        for name in ("interval", "window", "maxStaleness")
+        for name in ("interval", "window", "maxStaleness", "stepDeadline")
+    ],
+    Webhook: [
+        {
+            "rule": "!has(self.timeout) || (duration(self.timeout) > duration('0s') && "
+            "duration(self.timeout) <= duration('30s'))",
+            "message": "timeout must be in (0s, 30s]",
+        }
     ],
     Traffic: [
         {
@@ -921,8 +1097,13 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "message": "shadowPercent needs the builtin router",
         },
         {
+            "rule": "self.router != 'gatewayAPI' || !has(self.trackHeader) || "
+            "self.trackHeader == 'off'",
+            "message": "trackHeader needs the builtin router",
+        },
+        {
             "rule": "self.router != 'gatewayAPI' || !has(self.agreement) || "
-            "!has(self.agreement.percent) || self.agreement.percent == 0",
+            "!has(self.agreement.percent) || self.agreement.percent == 0.0",
             "message": "agreement needs the builtin router",
         },
     ],
@@ -951,7 +1132,7 @@ class Phase(StrEnum):
     INVALID_SPEC = "InvalidSpec"
 
 
-Outcome = Literal["pass", "fail", "noData", "providerError"]
+Outcome = Literal["pass", "fail", "inconclusive", "noData", "providerError"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -994,13 +1175,30 @@ class Verdict(_Status):
     """The outcome of one check in one analysis run."""
 
     check: str = Field(description="Check name (errorRate, latency, predictionDrift, ...).")
-    outcome: Outcome = Field(description="pass, fail, noData or providerError.")
+    test: str = Field(default="", description="The statistical test behind the outcome.")
+    outcome: Outcome = Field(
+        description=(
+            "pass, fail, inconclusive (data, but not yet evidence either way), noData or "
+            "providerError."
+        )
+    )
     value: float | None = Field(default=None, description="Observed value (canary).")
     threshold: float | None = Field(default=None, description="Limit the value was held to.")
+    lower: float | None = Field(default=None, description="Anytime-valid lower bound.")
+    upper: float | None = Field(default=None, description="Anytime-valid upper bound.")
     samples: int | None = Field(default=None, description="Sample size behind the value.")
+    needed: int | None = Field(
+        default=None, description="About how many more requests would decide (estimate)."
+    )
+    log_evidence: float | None = Field(
+        default=None, description="log e-value of a sequential test, whole rollout."
+    )
+    step_log_evidence: float | None = Field(
+        default=None, description="log e-value of a sequential test, current step only."
+    )
     message: str = Field(default="", description="Human explanation of the outcome.")
 
-    @field_validator("value", "threshold")
+    @field_validator("value", "threshold", "lower", "upper", "log_evidence", "step_log_evidence")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         # Status is JSON and the schema has no NaN/Inf: keep such values in the message only.
@@ -1009,12 +1207,27 @@ class Verdict(_Status):
 
 class AnalysisStatus(_Status):
     last_run_at: datetime | None = Field(default=None, description="When analysis last ran.")
-    consecutive_failures: int = Field(default=0, description="Failed runs in a row.")
+    started_at: datetime | None = Field(
+        default=None, description="When the rollout's first step began (counts start here)."
+    )
+    consecutive_failures: int = Field(
+        default=0, description="Longest current streak of failed runs of one window check."
+    )
+    failure_streaks: dict[str, int] = Field(
+        default_factory=dict, description="Failed runs in a row, per window check."
+    )
+    carried_evidence: dict[str, float] = Field(
+        default_factory=dict,
+        description="log e-values of sequential tests from completed steps, per check.",
+    )
     hold_since: datetime | None = Field(
         default=None, description="Start of the current run of provider errors."
     )
     step_passed: bool = Field(
         default=False, description="Analysis has passed since the current step started."
+    )
+    inconclusive_warned: bool = Field(
+        default=False, description="The step passed its stepDeadline without a decision."
     )
     verdicts: list[Verdict] = Field(default_factory=list, description="Verdicts of the last run.")
 

@@ -42,6 +42,7 @@ from mlrollout.operator.interfaces import (
     TrafficRouter,
 )
 from mlrollout.operator.model import ModelDeploymentSpec, ModelDeploymentStatus
+from mlrollout.services.router.table import RoutingTable, parse_table
 from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def _apply(
 ROUTE_ATTEMPTS = 3
 
 
-def _put_routes(router: TrafficRouter, table: dict[str, Any], last: int) -> int | None:
+def _put_routes(router: TrafficRouter, table: RoutingTable, last: int) -> int | None:
     """Write ``table`` unless it is in force; the generation written, or None.
 
     The generation continues from the table in force, so it is read right before the
@@ -179,9 +180,9 @@ def _put_routes(router: TrafficRouter, table: dict[str, Any], last: int) -> int 
         in_force = router.get_routes()
         if not _routes_differ(table, in_force):
             return None
-        generation = max(last, _generation(in_force)) + 1
+        generation = max(last, in_force.generation if in_force else 0) + 1
         try:
-            router.set_routes({**table, "generation": generation})
+            router.set_routes(table.with_generation(generation))
         except RoutesChanged:
             if attempt + 1 == ROUTE_ATTEMPTS:
                 raise
@@ -193,8 +194,11 @@ def _put_routes(router: TrafficRouter, table: dict[str, Any], last: int) -> int 
 
 def routing_table(
     key: DeploymentKey, decision: Decision, states: Mapping[str, RevisionState]
-) -> dict[str, Any] | None:
-    """The routing table for the decision (generation 0), or None if a backend has no URL."""
+) -> RoutingTable | None:
+    """The routing table for the decision (generation 0), or None if a backend has no URL.
+
+    Validated here, by the router's own parser, whichever router will carry it: a table
+    the router would refuse raises ``TableError`` before anything is written."""
     routing = decision.routing
     if routing is None:
         return None
@@ -211,35 +215,32 @@ def routing_table(
         weights[track] = weight
     if "stable" not in backends:
         return None
-    return {
+    return parse_table({
         "generation": 0,
         "deployment": key.name,
         "backends": backends,
         "weights": weights,
         "stickyHeader": routing.traffic.sticky_header,
         "shadowPercent": routing.traffic.shadow_percent if "canary" in backends else 0,
+        # Only when on: a table without the key means off (and older tables stay equal).
+        **(
+            {"trackHeader": routing.traffic.track_header}
+            if routing.traffic.track_header != "off"
+            else {}
+        ),
         **(
             {k: v for k, v in routing.options.items() if v is not None}
             if "canary" in backends
             else {}
         ),
-    }
+    })  # fmt: skip
 
 
-def _routes_differ(table: Mapping[str, Any], in_force: Mapping[str, Any] | None) -> bool:
+def _routes_differ(table: RoutingTable, in_force: RoutingTable | None) -> bool:
+    """Whether the documents differ in anything but the generation."""
     if in_force is None:
         return True
-    strip = {"generation"}
-    return {k: v for k, v in table.items() if k not in strip} != {
-        k: v for k, v in in_force.items() if k not in strip
-    }
-
-
-def _generation(table: Mapping[str, Any] | None) -> int:
-    try:
-        return int((table or {}).get("generation", 0))
-    except (TypeError, ValueError):
-        return 0
+    return table.to_doc() | {"generation": 0} != in_force.to_doc() | {"generation": 0}
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -16,115 +16,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mlrollout.services.binstats import MIN_EXPECTED, g_test, g_test_two_sample, pool_bins, psi
 from mlrollout.services.profile import FeatureProfile, Profile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from scipy.special import chdtrc, xlogy
 
-MIN_EXPECTED = 5.0  # Cochran's rule: cells expecting fewer rows are pooled for the G-test
-LABEL_KEYS = ("deployment", "model", "version", "track")
+__all__ = [
+    "MIN_EXPECTED",
+    "Categorical",
+    "DriftMonitor",
+    "DriftSnapshot",
+    "SeriesDrift",
+    "g_test",
+    "g_test_two_sample",
+    "pool_bins",
+    "psi",
+]
 # Raw categorical values per row: a 2-D object array (fast) or a sequence of rows.
 Categorical = np.ndarray | Sequence[Sequence[Any]]
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def _as_proportions(values: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"{what}: must be a non-empty 1-D array")
-    if not np.isfinite(x).all() or (x < 0).any():
-        raise ValueError(f"{what}: must be finite and non-negative")
-    total = x.sum()
-    if total <= 0:
-        raise ValueError(f"{what}: has no mass (all zero)")
-    return x / total
-
-
-def psi(expected: np.ndarray, actual: np.ndarray, eps: float = 1e-4) -> float:
-    """Population stability index of ``actual`` vs ``expected`` (counts or proportions).
-
-    Both are normalised to proportions and floored at ``eps`` (so an empty bin costs a
-    bounded amount instead of infinity): ``sum((a - e) * ln(a / e))``.
-    """
-    e = _as_proportions(expected, "expected")
-    a = _as_proportions(actual, "actual")
-    if e.shape != a.shape:
-        raise ValueError(f"expected and actual differ in length: {e.size} != {a.size}")
-    e, a = np.maximum(e, eps), np.maximum(a, eps)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def g_test(expected_props: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
-    """G-test (log-likelihood ratio) of ``counts`` against ``expected_props``.
-
-    Returns (statistic, p-value) with ``k - 1`` degrees of freedom, k the bins with
-    expected mass. Equal to ``scipy.stats.power_divergence(counts, expected,
-    lambda_="log-likelihood")`` when every expected proportion is positive. Counts in a
-    bin the expected distribution gives no mass make the statistic infinite.
-    """
-    p = _as_proportions(expected_props, "expected_props")
-    n = np.asarray(counts, dtype=np.float64)
-    if n.shape != p.shape:
-        raise ValueError(f"counts must have {p.size} bins, got shape {n.shape}")
-    _as_proportions(n, "counts")  # validates: finite, non-negative, some mass
-    total = n.sum()
-    support = p > 0
-    if (n[~support] > 0).any():
-        return math.inf, 0.0
-    observed, expected = n[support], p[support] * total
-    stat = float(2.0 * np.sum(xlogy(observed, observed / expected)))
-    df = int(support.sum()) - 1
-    return stat, float(chdtrc(df, stat)) if df > 0 else 1.0
-
-
-def g_test_two_sample(counts_a: np.ndarray, counts_b: np.ndarray) -> tuple[float, float]:
-    """G-test that two samples of bin counts (say canary and stable) share one distribution.
-
-    The 2 x k contingency test: (statistic, p-value) with ``k - 1`` degrees of freedom, k
-    the bins either sample reached. Unlike ``g_test`` neither side is taken as exact, so
-    it is the right test when both are finite samples.
-    """
-    a = np.asarray(counts_a, dtype=np.float64)
-    b = np.asarray(counts_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"counts_a and counts_b differ in shape: {a.shape} != {b.shape}")
-    _as_proportions(a, "counts_a")
-    _as_proportions(b, "counts_b")
-    keep = (a + b) > 0
-    table = np.vstack([a[keep], b[keep]])
-    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0) / table.sum()
-    stat = float(2.0 * np.sum(xlogy(table, table / expected)))
-    df = int(keep.sum()) - 1
-    return stat, float(chdtrc(df, stat)) if df > 0 else 1.0
-
-
-def pool_bins(proportions: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Map bins to G-test cells so that every cell expects >= MIN_EXPECTED rows per window.
-
-    Returns (cell index of each bin, proportion of each cell). Bins expecting fewer rows
-    are pooled into one cell; if that pool still expects too few, it joins the smallest
-    regular cell. So a bin the profile never saw (an unseen category, NaN in a feature
-    that had none) adds evidence to a cell but never a degree of freedom it cannot fill.
-    """
-    p = np.asarray(proportions, dtype=np.float64)
-    regular = p * window >= MIN_EXPECTED
-    cells = np.zeros(p.size, dtype=np.intp)
-    n_regular = int(regular.sum())
-    cells[regular] = np.arange(n_regular)
-    rare = ~regular
-    if rare.any() and n_regular > 0:
-        if p[rare].sum() * window >= MIN_EXPECTED:
-            cells[rare] = n_regular
-        else:
-            smallest = np.flatnonzero(regular)[np.argmin(p[regular])]
-            cells[rare] = cells[smallest]
-    return cells, np.bincount(cells, weights=p)
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -424,76 +337,3 @@ def _check_categorical(rows: Categorical | None, n: int, width: int) -> None:
 
 def _opt(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
-
-
-# --------------------------------------------------------------------------- prometheus
-
-
-class DriftCollector:
-    """A prometheus_client custom collector exposing a DriftMonitor (docs/architecture.md).
-
-    Window gauges (psi, statistic) have no sample until the first window completes;
-    alarms read 0 until then.
-    """
-
-    def __init__(self, monitor: DriftMonitor, labels: Mapping[str, str]) -> None:
-        if set(labels) != set(LABEL_KEYS):
-            raise ValueError(f"labels: need exactly {LABEL_KEYS}, got {sorted(labels)}")
-        self._monitor = monitor
-        self._values = [str(labels[k]) for k in LABEL_KEYS]
-
-    def describe(self) -> list[Metric]:
-        return list(self._families(None))
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self._monitor.snapshot())
-
-    def _families(self, snap: DriftSnapshot | None) -> Iterator[Metric]:
-        base, lv = list(LABEL_KEYS), self._values
-        bins = CounterMetricFamily(
-            "mlrollout_drift_bin",
-            "Feature values per profile bin.",
-            labels=[*base, "feature", "bin"],
-        )
-        fpsi = GaugeMetricFamily(
-            "mlrollout_drift_psi", "PSI of the last complete window vs profile.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        fstat = GaugeMetricFamily(
-            "mlrollout_drift_statistic", "G-test statistic of the last complete window.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        falarm = GaugeMetricFamily(
-            "mlrollout_drift_alarm", "1 if the last complete window alarmed.",
-            labels=[*base, "feature"],
-        )  # fmt: skip
-        windows = CounterMetricFamily(
-            "mlrollout_drift_windows", "Completed drift windows.", labels=base
-        )
-        pbins = CounterMetricFamily(
-            "mlrollout_prediction_bin", "Predictions per profile bin.", labels=[*base, "bin"]
-        )
-        ppsi = GaugeMetricFamily(
-            "mlrollout_prediction_psi", "Prediction PSI of the last window vs profile.",
-            labels=base,
-        )  # fmt: skip
-        palarm = GaugeMetricFamily(
-            "mlrollout_prediction_drift_alarm", "1 if the last prediction window alarmed.",
-            labels=base,
-        )  # fmt: skip
-        if snap is not None:
-            for f in snap.features:
-                for b, c in enumerate(f.bin_counts):
-                    bins.add_metric([*lv, f.name, str(b)], c)
-                if f.psi is not None:
-                    fpsi.add_metric([*lv, f.name], f.psi)
-                if f.statistic is not None:
-                    fstat.add_metric([*lv, f.name], f.statistic)
-                falarm.add_metric([*lv, f.name], float(f.alarm))
-            windows.add_metric(lv, snap.windows)
-            for b, c in enumerate(snap.prediction.bin_counts):
-                pbins.add_metric([*lv, str(b)], c)
-            if snap.prediction.psi is not None:
-                ppsi.add_metric(lv, snap.prediction.psi)
-            palarm.add_metric(lv, float(snap.prediction.alarm))
-        yield from (bins, fpsi, fstat, falarm, windows, pbins, ppsi, palarm)

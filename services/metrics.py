@@ -2,17 +2,21 @@
 
 The hot path only bumps plain integers and one numpy vector under a lock; the series are
 built at scrape time by a custom collector. Each server owns its registry, so two servers
-in one process (tests) or on one host never mix their numbers.
+in one process (tests) or on one host never mix their numbers. ``DriftCollector`` exposes
+a ``drift.DriftMonitor`` the same way (the drift statistics themselves are pure). The
+names come from ``metric_names``, which the operator's queries read too.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mlrollout.services import metric_names as n
+from mlrollout.services.drift import DriftMonitor, DriftSnapshot
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,14 +27,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+# Eight buckets per doubling (edges 1.09x apart, 0.1 ms to 10 s): the operator bounds a
+# latency quantile between bucket edges, and the bounds of both versions must fit inside
+# the ratio it gates on (maxRatio 1.5 leaves room for about two buckets either side).
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    *(float(f"{0.0001 * 2 ** (k / 8):.3g}") for k in range(133)),
+    10.0,
+)
 ENDPOINTS: tuple[str, ...] = ("predict", "infer", "feedback")
 OUTCOMES: tuple[str, ...] = ("ok", "client_error", "server_error")
 FEEDBACK_OUTCOMES: tuple[str, ...] = ("correct", "incorrect", "unmatched")
-LABEL_NAMES: tuple[str, ...] = ("deployment", "model", "version", "track")
+LABEL_NAMES: tuple[str, ...] = n.LABELS
 # Requests refused by the HTTP guard before any endpoint saw them (services/server/guard.py).
 HTTP_REFUSAL_REASONS: tuple[str, ...] = ("header_too_large", "header_timeout", "upgrade", "connect")
 
@@ -174,12 +181,12 @@ class _ServerCollector(Collector):
             refusals = dict(m._http_refusals)
 
         req = CounterMetricFamily(
-            "mlrollout_model_requests",
+            n.MODEL_REQUESTS,
             "Model-server requests by endpoint and outcome.",
             labels=[*names, "endpoint", "outcome"],
         )
         dur = HistogramMetricFamily(
-            "mlrollout_model_request_duration_seconds",
+            n.MODEL_REQUEST_DURATION,
             "Time spent handling a request inside the dataplane, in seconds.",
             labels=[*names, "endpoint"],
         )
@@ -194,12 +201,12 @@ class _ServerCollector(Collector):
         yield req
         yield dur
 
-        rows_family = CounterMetricFamily("mlrollout_model_rows", "Rows predicted.", labels=names)
+        rows_family = CounterMetricFamily(n.MODEL_ROWS, "Rows predicted.", labels=names)
         rows_family.add_metric(base, rows)
         yield rows_family
 
         viol = CounterMetricFamily(
-            "mlrollout_model_input_violations",
+            n.MODEL_INPUT_VIOLATIONS,
             "Rejected requests by validation rule.",
             labels=[*names, "reason"],
         )
@@ -208,7 +215,7 @@ class _ServerCollector(Collector):
         yield viol
 
         refused = CounterMetricFamily(
-            "mlrollout_model_http_refusals",
+            n.MODEL_HTTP_REFUSALS,
             "Requests refused before reaching an endpoint (header size or time, upgrades).",
             labels=[*names, "reason"],
         )
@@ -219,14 +226,14 @@ class _ServerCollector(Collector):
         if m.feedback_store_bytes is not None:
             used, capacity = m.feedback_store_bytes()
             store = GaugeMetricFamily(
-                "mlrollout_feedback_store_bytes",
-                "Bytes of predictions kept for feedback (bound: mlrollout_feedback_store_capacity_bytes).",
+                n.FEEDBACK_STORE_BYTES,
+                f"Bytes of predictions kept for feedback (bound: {n.FEEDBACK_STORE_CAPACITY_BYTES}).",
                 labels=names,
             )
             store.add_metric(base, used)
             yield store
             cap = GaugeMetricFamily(
-                "mlrollout_feedback_store_capacity_bytes",
+                n.FEEDBACK_STORE_CAPACITY_BYTES,
                 "The feedback store's byte bound (--feedback-bytes).",
                 labels=names,
             )
@@ -235,7 +242,7 @@ class _ServerCollector(Collector):
 
         if m._classes:
             pred = CounterMetricFamily(
-                "mlrollout_model_predictions",
+                n.MODEL_PREDICTIONS,
                 "Predicted class counts.",
                 labels=[*names, "class"],
             )
@@ -244,19 +251,19 @@ class _ServerCollector(Collector):
             yield pred
 
         ready = GaugeMetricFamily(
-            "mlrollout_model_ready", "1 once the model is loaded and warmed up.", labels=names
+            n.MODEL_READY, "1 once the model is loaded and warmed up.", labels=names
         )
         ready.add_metric(base, 1.0 if m._ready else 0.0)
         yield ready
 
         info = GaugeMetricFamily(
-            "mlrollout_model_info", "The served model; always 1.", labels=[*names, "sha256"]
+            n.MODEL_INFO, "The served model; always 1.", labels=[*names, "sha256"]
         )
         info.add_metric([*base, m.sha256], 1.0)
         yield info
 
         fb = CounterMetricFamily(
-            "mlrollout_feedback",
+            n.FEEDBACK,
             "Delayed ground truth matched against earlier predictions.",
             labels=[*names, "outcome"],
         )
@@ -266,14 +273,82 @@ class _ServerCollector(Collector):
 
         if not m._classes:  # regressors: online error from delayed ground truth
             for name, total, what in (
-                ("mlrollout_feedback_abs_error", regression[1], "Absolute error"),
-                ("mlrollout_feedback_squared_error", regression[2], "Squared error"),
+                (n.FEEDBACK_ABS_ERROR, regression[1], "Absolute error"),
+                (n.FEEDBACK_SQUARED_ERROR, regression[2], "Squared error"),
             ):
                 family = SummaryMetricFamily(
                     name, f"{what} of scored predictions (truth - prediction).", labels=names
                 )
                 family.add_metric(base, count_value=int(regression[0]), sum_value=total)
                 yield family
+
+
+class DriftCollector:
+    """A prometheus_client custom collector exposing a DriftMonitor (docs/architecture.md).
+
+    Window gauges (psi, statistic) have no sample until the first window completes;
+    alarms read 0 until then.
+    """
+
+    def __init__(self, monitor: DriftMonitor, labels: Mapping[str, str]) -> None:
+        if set(labels) != set(LABEL_NAMES):
+            raise ValueError(f"labels: need exactly {LABEL_NAMES}, got {sorted(labels)}")
+        self._monitor = monitor
+        self._values = [str(labels[k]) for k in LABEL_NAMES]
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._monitor.snapshot())
+
+    def _families(self, snap: DriftSnapshot | None) -> Iterator[Metric]:
+        base, lv = list(LABEL_NAMES), self._values
+        bins = CounterMetricFamily(
+            n.DRIFT_BIN,
+            "Feature values per profile bin.",
+            labels=[*base, "feature", "bin"],
+        )
+        fpsi = GaugeMetricFamily(
+            n.DRIFT_PSI, "PSI of the last complete window vs profile.",
+            labels=[*base, "feature"],
+        )  # fmt: skip
+        fstat = GaugeMetricFamily(
+            n.DRIFT_STATISTIC, "G-test statistic of the last complete window.",
+            labels=[*base, "feature"],
+        )  # fmt: skip
+        falarm = GaugeMetricFamily(
+            n.DRIFT_ALARM, "1 if the last complete window alarmed.",
+            labels=[*base, "feature"],
+        )  # fmt: skip
+        windows = CounterMetricFamily(n.DRIFT_WINDOWS, "Completed drift windows.", labels=base)
+        pbins = CounterMetricFamily(
+            n.PREDICTION_BIN, "Predictions per profile bin.", labels=[*base, "bin"]
+        )
+        ppsi = GaugeMetricFamily(
+            n.PREDICTION_PSI, "Prediction PSI of the last window vs profile.",
+            labels=base,
+        )  # fmt: skip
+        palarm = GaugeMetricFamily(
+            n.PREDICTION_DRIFT_ALARM, "1 if the last prediction window alarmed.",
+            labels=base,
+        )  # fmt: skip
+        if snap is not None:
+            for f in snap.features:
+                for b, c in enumerate(f.bin_counts):
+                    bins.add_metric([*lv, f.name, str(b)], c)
+                if f.psi is not None:
+                    fpsi.add_metric([*lv, f.name], f.psi)
+                if f.statistic is not None:
+                    fstat.add_metric([*lv, f.name], f.statistic)
+                falarm.add_metric([*lv, f.name], float(f.alarm))
+            windows.add_metric(lv, snap.windows)
+            for b, c in enumerate(snap.prediction.bin_counts):
+                pbins.add_metric([*lv, str(b)], c)
+            if snap.prediction.psi is not None:
+                ppsi.add_metric(lv, snap.prediction.psi)
+            palarm.add_metric(lv, float(snap.prediction.alarm))
+        yield from (bins, fpsi, fstat, falarm, windows, pbins, ppsi, palarm)
 
 
 def _le(bound: float) -> str:

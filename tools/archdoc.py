@@ -121,6 +121,12 @@ def render(base: Path) -> str:
             lines.append(f"| `{mod}` | {_cell(summary(path))} |")
     lines += ["", "## Import rules (checked by `make lint`)", ""]
     for contract in cfg["tool"]["importlinter"]["contracts"]:
+        if contract["type"] == "acyclic_siblings":
+            within = ", ".join(f"`{m}`" for m in contract["ancestors"])
+            lines.append(
+                f"- **{contract['name']}** (`{contract['id']}`): within {within}, at every level."
+            )
+            continue
         sources = ", ".join(f"`{m}`" for m in contract["source_modules"])
         forbidden = ", ".join(f"`{m}`" for m in contract["forbidden_modules"])
         lines.append(f"- **{contract['name']}** (`{contract['id']}`): {sources} must not import")
@@ -134,6 +140,9 @@ def render(base: Path) -> str:
         " `urllib.request`, `socket`, `subprocess` or `asyncio`; time comes in as `now`.",
         "- **Strict typing** (mypy overrides in `pyproject.toml`) on exactly the pure modules;"
         " the rest is checked with `check_untyped_defs`.",
+        "- **No import through a re-exporting package** (`tests/unit/test_architecture.py`):"
+        " inside `decide/`, whose `__init__` re-exports the engine, siblings are imported as"
+        " modules (`import mlrollout.operator.decide.checks as checks`), never from the package.",
         "",
         END,
     ]

@@ -26,6 +26,14 @@ NAMESPACE = "mlrollout-system"
 CHART = Path("helm/mlrollout")
 CRD_SOURCE = Path("crds/modeldeployment.yaml")
 CRD_CHART_COPY = CHART / "files/crds/modeldeployment.yaml"
+RBAC_RULES = CHART / "files/operator-rbac.yaml"
+RBAC_HEADER = (
+    "# Generated from operator/kube.py (RESOURCES: what the operator calls) and the router\n"
+    "# Role it creates, by `python -m tools.deploy_assets write`. Do not edit.\n"
+    "# templates/operator/rbac.yaml grants `namespaced` in each reconciled namespace (a\n"
+    "# ClusterRole in cluster mode), `gatewayAPI` with gatewayAPI.enabled, `cluster` in\n"
+    "# cluster mode only.\n"
+)
 HEADER = (
     "# Generated from helm/mlrollout by `python -m tools.deploy_assets write`.\n"
     "# Do not edit: change the chart and regenerate (a test fails when this file is stale).\n"
@@ -139,12 +147,62 @@ def render_chart(chart_dir: Path, values: Mapping[str, Any]) -> dict[str, str]:
     return rendered
 
 
-def expected_files(root: Path) -> dict[Path, str]:
-    """Every generated file (relative path -> content) as the sources say it should be."""
+def operator_rules() -> dict[str, list[dict[str, Any]]]:
+    """The operator's RBAC rules, from what its code declares it calls (kube.RESOURCES).
+
+    Resources of one API group with the same verbs share a rule; verbs are sorted, so the
+    output is stable. Rights the operator only holds so that it may grant them (the
+    router's Role on its ConfigMap: Kubernetes refuses to create a Role granting more than
+    its creator holds) are added to the ConfigMap rule.
+    """
+    from mlrollout.operator import builders, kube
+
+    def grouped(items: Iterable[tuple[str, str, frozenset[str]]]) -> list[dict[str, Any]]:
+        rules: list[dict[str, Any]] = []
+        for group, resource, verbs in items:
+            verb_list = sorted(verbs)
+            for rule in rules:
+                if rule["apiGroups"] == [group] and rule["verbs"] == verb_list:
+                    rule["resources"].append(resource)
+                    break
+            else:
+                rules.append({"apiGroups": [group], "resources": [resource], "verbs": verb_list})
+        return rules
+
+    namespaced: list[tuple[str, str, frozenset[str]]] = []
+    gateway: list[tuple[str, str, frozenset[str]]] = []
+    for kind, res in kube.RESOURCES.items():
+        verbs = res.verbs
+        if kind == "ConfigMap":
+            verbs = verbs | set(builders.ROUTER_CONFIGMAP_VERBS)
+        target = gateway if res.group == "gateway.networking.k8s.io" else namespaced
+        target.append((res.group, res.plural, verbs))
+        if res.status_verbs:
+            target.append((res.group, f"{res.plural}/status", res.status_verbs))
+    return {
+        "namespaced": grouped(namespaced),
+        "gatewayAPI": grouped(gateway),
+        "cluster": grouped(kube.CLUSTER_SCOPED_CALLS),
+    }
+
+
+def rbac_rules_text() -> str:
+    return RBAC_HEADER + yaml.dump(
+        operator_rules(), sort_keys=False, width=100, default_flow_style=None
+    )
+
+
+def _sources(root: Path) -> dict[Path, str]:
+    """Generated files that the chart itself reads (written before it is rendered)."""
     source = root / CRD_SOURCE
     if not source.is_file():
         raise AssetError(f"{CRD_SOURCE} is missing: run `make crds` first")
-    files = {CRD_CHART_COPY: source.read_text()}
+    return {CRD_CHART_COPY: source.read_text(), RBAC_RULES: rbac_rules_text()}
+
+
+def expected_files(root: Path) -> dict[Path, str]:
+    """Every generated file (relative path -> content) as the sources say it should be."""
+    files = _sources(root)
     for item in RENDERINGS:
         rendered = render_chart(root / CHART, item.values)
         files[item.path] = plain_manifest(documents(rendered, item.templates))
@@ -163,13 +221,15 @@ def stale(root: Path) -> list[Path]:
 def write(root: Path) -> list[Path]:
     """Regenerate every file; returns the ones that changed."""
     changed = []
-    for path, text in expected_files(root).items():
-        target = root / path
-        if target.is_file() and target.read_text() == text:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        changed.append(path)
+    # The chart reads the sources (CRD copy, RBAC rules): write them before rendering it.
+    for files in (_sources, expected_files):
+        for path, text in files(root).items():
+            target = root / path
+            if target.is_file() and target.read_text() == text:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            changed.append(path)
     return changed
 
 

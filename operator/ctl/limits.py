@@ -35,8 +35,8 @@ def check_limits(analysis: Analysis) -> dict[str, str]:
     if m.error_rate.enabled:
         out["errorRate"] = f"<= {_g(m.error_rate.max_rate)} (errors/requests)"
         out["errorRateVsStable"] = (
-            f"increase over stable <= +{_g(m.error_rate.max_increase)} "
-            f"(at {_g(m.error_rate.confidence)} confidence)"
+            f"no increase over stable; passes at a bound <= +{_g(m.error_rate.max_increase)} "
+            f"(alpha {_g(analysis.alpha)} per rollout)"
         )
     if m.latency.enabled:
         text = f"p{m.latency.quantile * 100:g} <= {seconds(m.latency.max_seconds)}"
@@ -54,6 +54,8 @@ def check_limits(analysis: Analysis) -> dict[str, str]:
             parts.append(f">= {_g(fa.min_accuracy)}")
         parts.append(f"drop vs stable <= {_g(fa.max_decrease)}")
         out["feedbackAccuracy"] = ", ".join(parts) + f" ({fa.min_samples}+ feedback)"
+    if m.agreement is not None and m.agreement.enabled:
+        out["agreement"] = f">= {_g(m.agreement.min)} of mirrored rows"
     for c in m.custom:
         if c.min_value is not None and c.max_value is not None:
             out[c.name] = f"in [{_g(c.min_value)}, {_g(c.max_value)}]"

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import mlrollout.operator.decide.analysis as verdicts
+import mlrollout.operator.decide.checks as checks
+import mlrollout.operator.decide.guard as guard
 from mlrollout.operator import queries
-from mlrollout.operator.decide import analysis as verdicts
-from mlrollout.operator.decide import guard
 from mlrollout.operator.decide.conditions import set_condition
 from mlrollout.operator.decide.lifecycle import (
     Counter,
@@ -101,6 +102,34 @@ def _analysis_due(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, now: dat
     )
 
 
+def _context(
+    spec: ModelDeploymentSpec, st: ModelDeploymentStatus, now: datetime, key: DeploymentKey | None
+) -> checks.Context:
+    assert st.stable is not None and st.canary is not None
+    step_start = st.step_started_at or now
+    rollout_start = st.analysis.started_at or step_start
+    return checks.Context(
+        analysis=spec.rollout.analysis,
+        deployment=key.name if key else "",
+        namespace=key.namespace if key else "",
+        stable_version=st.stable.version,
+        canary_version=st.canary.version,
+        step_seconds=max(0.0, (now - step_start).total_seconds()),
+        rollout_seconds=max(0.0, (now - rollout_start).total_seconds()),
+        steps=len(spec.rollout.steps),
+        carried=dict(st.analysis.carried_evidence),
+        guard_alpha=_guard_alpha(spec),
+    )
+
+
+def _guard_alpha(spec: ModelDeploymentSpec) -> float:
+    """What the router guard spends of ``analysis.alpha`` (both its tests)."""
+    g = guard.table_options(spec).get("guard")
+    if not isinstance(g, Mapping):
+        return 0.0
+    return float(g["alpha"]) * (2 if g.get("minAgreement") is not None else 1)
+
+
 def plan_queries(
     spec: ModelDeploymentSpec,
     status: ModelDeploymentStatus,
@@ -114,12 +143,13 @@ def plan_queries(
         return {}
     out = queries.stable_drift_queries(key.name, key.namespace, st.stable.version)
     canary = st.canary
-    if canary is not None and _ready(states, canary.id) and not st.controls.promote_pending:
-        out.update(
-            queries.analysis_queries(
-                spec.rollout.analysis, key.name, key.namespace, st.stable.version, canary.version
-            )
-        )
+    if (
+        canary is not None
+        and _ready(states, canary.id)
+        and not st.controls.promote_pending
+        and st.step_started_at is not None  # a step that starts now has no traffic to judge
+    ):
+        out.update(checks.plan(_context(spec, st, now, key)))
     return out
 
 
@@ -230,6 +260,12 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
     if not _ready(obs.revisions, canary.id):
         st.not_ready_since = st.not_ready_since or w.now
         st.weights = Weights()
+        gone = obs.revisions.get(canary.id)
+        if gone is not None and gone.gone:
+            # Not coming back (the runtime will not restart it): waiting for the deadline
+            # would only hold the rollout.
+            rollback(w, "rolledBack", f"canary process is gone: {gone.message or 'exited'}")
+            return WAIT_READY_SECONDS
         deadline = parse_duration(spec.rollout.progress_deadline)
         waited = w.since(st.not_ready_since)
         if waited >= deadline:
@@ -242,8 +278,10 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         )
         return WAIT_READY_SECONDS
     st.not_ready_since = None
-    if st.step_started_at is None:
+    just_started = st.step_started_at is None
+    if just_started:
         st.step_started_at = w.now
+        st.analysis.started_at = st.analysis.started_at or w.now
     st.current_step = min(st.current_step, len(steps) - 1)
     st.weights = Weights(
         stable=100 - steps[st.current_step].weight, canary=steps[st.current_step].weight
@@ -252,7 +290,7 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         promote(w, "promoted by controls.promote")
         return float("inf")
     interval = parse_duration(spec.rollout.analysis.interval)
-    if _analysis_due(spec, st, w.now):
+    if _analysis_due(spec, st, w.now) and not just_started:
         _judge(w, spec, obs)
         if st.canary is None:  # rolled back
             return interval
@@ -280,7 +318,8 @@ def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
     st = w.st
     assert st.canary is not None
     cfg = spec.rollout.analysis
-    results = verdicts.evaluate(cfg, obs.metrics)
+    ctx = _context(spec, st, w.now, None)
+    results = verdicts.evaluate(ctx, obs.metrics)
     outcome = verdicts.run_outcome(results)
     a = st.analysis
     a.last_run_at = w.now
@@ -288,32 +327,60 @@ def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
     for v in results:
         w.count("mlrollout_operator_verdicts_total", check=v.check, result=v.outcome)
     summary = "; ".join(f"{v.check} {v.outcome}: {v.message}" for v in results) or "no checks"
-    # A pass counts for the step only if the run saw time at the step's weight.
-    started = st.step_started_at
-    a.step_passed = outcome == "pass" and started is not None and w.now > started
+    sequential = {c.name for c in checks.enabled_checks(cfg) if c.sequential}
+    # Each window check keeps its own streak: another check's noData or pass neither
+    # breaks nor extends it.
+    streaks = dict(a.failure_streaks)
+    for v in results:
+        if v.check in sequential:
+            continue
+        if v.outcome == "fail":
+            streaks[v.check] = streaks.get(v.check, 0) + 1
+        elif v.outcome == "pass":
+            streaks[v.check] = 0
+    a.failure_streaks = {k: n for k, n in streaks.items() if n}
+    a.consecutive_failures = max(a.failure_streaks.values(), default=0)
     if outcome != "providerError":
         a.hold_since = None
+    crossed = [v for v in results if v.outcome == "fail" and v.check in sequential]
+    if crossed:
+        w.event("Warning", "AnalysisFailed", summary)
+        reason = "; ".join(f"{v.check} ({v.test}): {v.message}" for v in crossed)
+        rollback(w, "rolledBack", f"sequential test crossed: {reason}")
+        return
     if outcome == "fail":
-        a.consecutive_failures += 1
-        w.event(
-            "Warning",
-            "AnalysisFailed",
-            f"run {a.consecutive_failures}/{cfg.failure_limit}: {summary}",
-        )
-        if a.consecutive_failures >= cfg.failure_limit:
-            failed = ", ".join(v.check for v in results if v.outcome == "fail")
+        limit = cfg.failure_limit
+        worst = ", ".join(f"{k} {n}/{limit}" for k, n in sorted(a.failure_streaks.items()))
+        w.event("Warning", "AnalysisFailed", f"failed runs in a row: {worst}: {summary}")
+        over = sorted(k for k, n in a.failure_streaks.items() if n >= limit)
+        if over:
             rollback(
                 w,
                 "rolledBack",
-                f"analysis failed {a.consecutive_failures} times in a row ({failed})",
+                f"analysis failed {limit} times in a row ({', '.join(over)})",
             )
         return
+    # A pass counts for the step only if the run saw time at the step's weight and the
+    # step's minimum of canary requests.
+    served = _step_requests(obs)
+    started = st.step_started_at
+    a.step_passed = (
+        outcome == "pass" and started is not None and w.now > started and served >= cfg.min_samples
+    )
     if outcome == "pass":
-        a.consecutive_failures = 0
-        w.event("Normal", "AnalysisPassed", summary)
+        if a.step_passed:
+            w.event("Normal", "AnalysisPassed", summary)
+        else:
+            w.event(
+                "Normal",
+                "AnalysisInconclusive",
+                f"{served} canary requests at this step, need {cfg.min_samples}: {summary}",
+            )
         return
-    if outcome == "noData":
-        w.event("Normal", "AnalysisNoData", summary)
+    if outcome in ("noData", "inconclusive"):
+        w.event(
+            "Normal", "AnalysisNoData" if outcome == "noData" else "AnalysisInconclusive", summary
+        )
         return
     w.count("mlrollout_operator_analysis_errors_total")
     a.hold_since = a.hold_since or w.now
@@ -323,6 +390,23 @@ def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
     w.event("Warning", "AnalysisProviderError", f"held {held:.0f}s of {max_hold:.0f}s: {summary}")
     if held >= max_hold and policy.action == "rollback":
         rollback(w, "rolledBack", f"metrics unavailable for {held:.0f}s (onProviderError rollback)")
+
+
+def _step_requests(obs: Observations) -> int:
+    value = obs.metrics.get(queries.REQUESTS.format(track="canary") + "@" + checks.STEP)
+    if value is None or isinstance(value, ProviderError):
+        return 0
+    return checks.count(sum(s.value for s in value if s.value == s.value) if value else None)
+
+
+def _undecided(st: ModelDeploymentStatus) -> str:
+    """What the open checks still need, for status and events."""
+    parts = []
+    for v in st.analysis.verdicts:
+        if v.outcome in ("inconclusive", "noData"):
+            more = f" (about {v.needed} more requests)" if v.needed else ""
+            parts.append(f"{v.check} {v.outcome}{more}")
+    return ", ".join(parts) or "no passing run yet"
 
 
 def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
@@ -341,7 +425,10 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
         )
         return parse_duration(spec.rollout.analysis.interval)
     if not a.step_passed:
-        policy = spec.rollout.analysis.on_provider_error
+        cfg = spec.rollout.analysis
+        policy = cfg.on_provider_error
+        held = w.since(st.step_started_at)
+        deadline = parse_duration(cfg.step_deadline)
         if a.hold_since is not None and w.since(a.hold_since) >= parse_duration(policy.max_hold):
             set_phase(
                 w,
@@ -349,9 +436,33 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
                 f"{where}: holding, metrics unavailable since {a.hold_since.isoformat()}",
                 warn="AnalysisUnavailable",
             )
-        else:
-            set_phase(w, Phase.PROGRESSING, f"{where}: waiting for analysis to pass")
-        return parse_duration(spec.rollout.analysis.interval)
+            return parse_duration(cfg.interval)
+        if a.hold_since is None and a.verdicts and held >= deadline:
+            open_ = _undecided(st)
+            why = f"no decision after {held:.0f}s (stepDeadline {deadline:.0f}s): {open_}"
+            if cfg.on_inconclusive == "rollback":
+                rollback(w, "rolledBack", f"{why} (onInconclusive rollback)")
+                return parse_duration(cfg.interval)
+            if cfg.on_inconclusive == "promote":
+                w.event(
+                    "Warning",
+                    "AnalysisInconclusive",
+                    f"{where}: {why}; passing the step (onInconclusive promote)",
+                )
+                a.step_passed = True
+            else:
+                if not a.inconclusive_warned:
+                    a.inconclusive_warned = True
+                    w.event(
+                        "Warning",
+                        "AnalysisInconclusive",
+                        f"{where}: {why}; holding (onInconclusive hold)",
+                    )
+                set_phase(w, Phase.PROGRESSING, f"{where}: holding, {why}")
+                return parse_duration(cfg.interval)
+        if not a.step_passed:
+            set_phase(w, Phase.PROGRESSING, f"{where}: waiting for evidence: {_undecided(st)}")
+            return parse_duration(cfg.interval)
     remaining = 0.0
     if st.controls.resume_pending:
         pass
@@ -367,9 +478,13 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
     if st.current_step + 1 >= len(steps):
         promote(w, f"passed all {len(steps)} steps")
         return float("inf")
+    for v in a.verdicts:  # the step's evidence carries over (a product of e-values)
+        if v.step_log_evidence is not None:
+            a.carried_evidence[v.check] = a.carried_evidence.get(v.check, 0.0) + v.step_log_evidence
     st.current_step += 1
     st.step_started_at = w.now
     a.step_passed = False
+    a.inconclusive_warned = False
     nxt = steps[st.current_step].weight
     st.weights = Weights(stable=100 - nxt, canary=nxt)
     w.event(

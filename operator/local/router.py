@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrollout.services.osutil import write_atomic
-from mlrollout.services.router.table import TableError, check_successor, parse_table
+from mlrollout.services.router.table import RoutingTable, TableError, check_successor, parse_table
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,20 @@ class FileRouter:
         self.confirm_url = confirm_url
         self.confirm_timeout = confirm_timeout
 
-    def set_routes(self, table: dict[str, Any]) -> None:
-        new = parse_table(table)
+    def set_routes(self, table: RoutingTable) -> None:
         current = self.get_routes()
         if current is not None:
             try:
-                if not check_successor(parse_table(current), new):
+                if not check_successor(current, table):
                     return
             except TableError as exc:
                 # A file left by an earlier run with a higher generation, say: say so
                 # rather than write a table the router would silently ignore.
                 raise TableError(f"{self.path}: {exc}") from exc
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps(table, indent=2, sort_keys=True) + "\n", fsync=True)
-        self._confirm(new.generation)
+        doc = table.to_doc()
+        write_atomic(self.path, json.dumps(doc, indent=2, sort_keys=True) + "\n", fsync=True)
+        self._confirm(table.generation)
 
     def _confirm(self, generation: int) -> None:
         if self.confirm_url is None:
@@ -88,15 +88,14 @@ class FileRouter:
         report = state.get("guard") if isinstance(state, dict) else None
         return report if isinstance(report, dict) else None
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
+        """The table in the file; ``TableError`` naming the file if the router could not
+        use it either (never overwritten silently: the file may be another run's)."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
             return None
         try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TableError(f"{self.path} is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise TableError(f"{self.path} does not hold a JSON object")
-        return doc
+            return parse_table(text)
+        except TableError as exc:
+            raise TableError(f"{self.path}: {exc}") from exc

@@ -3,8 +3,8 @@
 The engine says which revisions should run; this starts the missing ones on free ports,
 stops retired ones, and reports readiness from each server's ``/readyz``. A server that
 exits is not restarted: like a crash-looping pod it stays not ready, the router falls back
-to the other track, and the engine decides (a canary that stays down is rolled back once
-its progress deadline passes).
+to the other track, and the engine decides (it reports the revision ``gone``, so a canary
+that exited is rolled back at once).
 """
 
 from __future__ import annotations
@@ -155,7 +155,9 @@ class LocalRuntime:
                     ),
                 )
             tail = server.proc.log_tail(3).replace("\n", " | ")
-            return RevisionState(revision, False, server.url, f"exited with code {code}: {tail}")
+            return RevisionState(
+                revision, False, server.url, f"exited with code {code}: {tail}", gone=True
+            )
         server.proc.remember_descendants()  # so a crash cannot orphan workers for good
         server.ready = self.probe(server.url)
         message = "" if server.ready else "starting (waiting for /readyz)"

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlrollout.operator import notify
 from mlrollout.operator.ctl.limits import check_limits
 from mlrollout.operator.interfaces import DeploymentKey, Event
 from mlrollout.operator.local.display import LiveDisplay, render
@@ -34,6 +35,7 @@ from mlrollout.operator.local.timeline import CheckPoint, Timeline, TimelineEntr
 from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.operator.webhook import WebhookSender
 from mlrollout.services.netutil import free_port
 from mlrollout.services.osutil import write_atomic
 
@@ -253,6 +255,7 @@ class LocalSession:
         self.last: ReconcileResult | None = None
         self._reported_exits: set[str] = set()
         self._run_doc: dict[str, Any] = {}
+        self.notifier = WebhookSender()
         self._resume()
 
     # ------------------------------------------------------------------ lifecycle
@@ -306,6 +309,7 @@ class LocalSession:
         finally:
             self.supervisor.close()
             self.write_timeline()
+            self.notifier.close(timeout=2.0)
             if self._run_doc:
                 self.write_run_file(running=False)
 
@@ -478,6 +482,10 @@ class LocalSession:
             self.write_run_file()
         if self.prometheus is not None:
             self._update_targets()
+        if result.events:
+            self.notifier.send(
+                notify.messages(self.key, self.manifest.raw_spec, result.events, now)
+            )
         entry = entry_from_status(result.state, result.events, t)
         self.timeline.append(entry)
         if entry.event:

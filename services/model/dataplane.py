@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from mlrollout.services.drift import DriftCollector, DriftMonitor
-from mlrollout.services.metrics import ServerLabels, ServerMetrics
+from mlrollout.services.drift import DriftMonitor
+from mlrollout.services.metrics import DriftCollector, ServerLabels, ServerMetrics
 from mlrollout.services.model import oip
 from mlrollout.services.model.artifact import Artifact, ArtifactError, load_artifact
 from mlrollout.services.model.feedback import (

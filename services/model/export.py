@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import math
 import os
@@ -74,34 +75,55 @@ def export_model(
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+        raise ExportError(
+            f"{out} exists and is not empty: replace it with --overwrite "
+            "(overwrite=True in Python) or choose another directory"
+        )
     if not name or not version:
         raise ExportError("name and version must be non-empty")
     columns = _columns(X_train, feature_names)
     kinds = _kinds(columns, feature_kinds)
-    names = list(columns)
+    names = _input_order(pipeline, list(columns))
     y = np.asarray(y_train)
     n = len(next(iter(columns.values())))
     if len(y) != n:
         raise ExportError(f"y_train has {len(y)} rows, X_train has {n}")
     all_numeric = all(kinds[c] == "numeric" for c in names)
-    X = np.column_stack([columns[c] for c in names]).astype(np.float64 if all_numeric else object)
+    # A pipeline fitted on a DataFrame that picks columns by name (ColumnTransformer) gets
+    # a DataFrame, and one ONNX input per column (the converter matches them by name).
+    by_name = getattr(pipeline, "feature_names_in_", None) is not None
+    X = (
+        _frame(columns, names, kinds)
+        if by_name
+        else np.column_stack([columns[c] for c in names]).astype(
+            np.float64 if all_numeric else object
+        )
+    )
+    matrix = all_numeric and not (by_name and _selects_columns_by_name(pipeline))
 
     task = "classification" if _is_classifier(pipeline) else "regression"
     classes = _classes(pipeline) if task == "classification" else []
     nullable = {c: bool(_missing(columns[c], kinds[c]).any()) for c in names}
-    inputs = {
-        "layout": "matrix" if all_numeric else "columns",
-        "features": [{"name": c, "kind": kinds[c], "nullable": nullable[c]} for c in names],
-    }
-    if all_numeric:
+    features: list[dict[str, Any]] = [
+        {"name": c, "kind": kinds[c], "nullable": nullable[c]} for c in names
+    ]
+    inputs: dict[str, Any] = {"layout": "matrix" if matrix else "columns", "features": features}
+    if matrix:
         inputs["tensor"] = "X"
     expected_width = getattr(pipeline, "n_features_in_", None)
     if expected_width is not None and expected_width != len(names):
         raise ExportError(
             f"the pipeline was fitted on {expected_width} features; X_train has {len(names)}"
         )
-    onnx_bytes, opset = _convert(pipeline, names, kinds, all_numeric, task, f"{name}-{version}")
+    onnx_bytes, opset, input_names = _convert(
+        pipeline, names, kinds, matrix, task, f"{name}-{version}"
+    )
+    if not matrix:
+        for feature, onnx_name in zip(features, input_names, strict=True):
+            if onnx_name != feature["name"]:
+                # skl2onnx renames inputs it cannot use as is ("a/b" -> "a_b"); the card
+                # keeps the user's name and says which ONNX input carries it.
+                feature["input"] = onnx_name
 
     # Staged next to the target so the final rename stays on one filesystem.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +148,11 @@ def export_model(
         try:
             onnx_pred = OnnxModel(staging / MODEL_FILE, card).predict(_batch(columns, kinds, names))
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            first = (
-                str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            )
             raise ExportError(
-                f"the exported ONNX model cannot run on the training data: {first}"
+                f"the exported ONNX model cannot run on the training data: {cause(exc)}\n"
+                "What to do: check that the training data has the columns and types the "
+                "pipeline was fitted on; if it does, this is a converter bug: report it with "
+                "the message above and your scikit-learn and skl2onnx versions."
             ) from exc
         _check_fidelity(pipeline, X, onnx_pred.probabilities, onnx_pred.labels, task)
         profile = _profile(
@@ -153,8 +175,33 @@ def export_model(
     return out
 
 
+def _is_frame(X: Any) -> bool:
+    """A pandas DataFrame (or a look-alike), without importing pandas for other inputs."""
+    return hasattr(X, "columns") and hasattr(X, "dtypes") and hasattr(X, "iloc")
+
+
+def _frame_columns(frame: Any) -> dict[str, np.ndarray]:
+    """Each DataFrame column as an array of its own type: numbers as float64 (missing ->
+    NaN), everything else (strings, categories, mixed) as objects (missing -> None)."""
+    import pandas as pd
+
+    names = [str(c) for c in frame.columns]
+    _refuse_duplicates(names, "the DataFrame")
+    cols: dict[str, np.ndarray] = {}
+    for name, label in zip(names, frame.columns, strict=True):
+        series = frame[label]
+        if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+            cols[name] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values = series.astype(object)
+            cols[name] = values.where(values.notna(), None).to_numpy(dtype=object)
+    return cols
+
+
 def _columns(X: Columns | np.ndarray, feature_names: Sequence[str] | None) -> dict[str, np.ndarray]:
-    if isinstance(X, Mapping):
+    if _is_frame(X):
+        cols = _frame_columns(X)
+    elif isinstance(X, Mapping):
         cols = {str(k): np.asarray(v) for k, v in X.items()}
     else:
         arr = np.asarray(X)
@@ -230,14 +277,15 @@ def _convert(
     pipeline: Any,
     names: list[str],
     kinds: Mapping[str, str],
-    all_numeric: bool,
+    matrix: bool,
     task: str,
     graph_name: str,
-) -> tuple[bytes, int]:
+) -> tuple[bytes, int, list[str]]:
+    """The ONNX bytes, opset, and the graph's input names (in the order of ``names``)."""
     from skl2onnx import convert_sklearn  # heavy import, only when exporting
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    if all_numeric:
+    if matrix:
         initial: list[tuple[str, Any]] = [("X", FloatTensorType([None, len(names)]))]
     else:
         initial = [
@@ -256,15 +304,126 @@ def _convert(
         # A fixed graph name (skl2onnx defaults to a random one) keeps exports reproducible.
         onx = convert_sklearn(pipeline, name=graph_name, initial_types=initial, options=options)
     except Exception as exc:  # skl2onnx raises many types for unsupported models
-        # skl2onnx messages can embed whole weight arrays; the first line says enough.
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"skl2onnx cannot convert this pipeline: {first}") from exc
+        raise ExportError(
+            f"skl2onnx cannot convert this pipeline: {cause(exc)}\nWhat to do: {advice(exc)}"
+        ) from exc
     opset = max((o.version for o in onx.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return onx.SerializeToString(), int(opset)
+    return onx.SerializeToString(), int(opset), [i.name for i in onx.graph.input]
+
+
+CAUSE_LINE = 300  # characters per line of a converter message kept
+CAUSE_TOTAL = 2000  # characters of a converter message kept in all
+
+
+def cause(exc: BaseException) -> str:
+    """The whole message of ``exc`` (and the exceptions it came from), bounded: converter
+    messages can embed whole weight arrays, so each line and the total are cut, with a note."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 4:
+        text = str(seen).strip() or type(seen).__name__
+        parts.append(f"{type(seen).__name__}: {text}")
+        seen = seen.__cause__ or seen.__context__
+    lines = [
+        line if len(line) <= CAUSE_LINE else line[:CAUSE_LINE] + " [... line cut]"
+        for line in "\n  caused by ".join(parts).splitlines()
+    ]
+    text = "\n".join(lines)
+    if len(text) > CAUSE_TOTAL:
+        text = text[:CAUSE_TOTAL] + f"\n[... {len(text) - CAUSE_TOTAL} more characters cut]"
+    return text
+
+
+def advice(exc: BaseException) -> str:
+    """What to do about a converter failure, from its message (pure)."""
+    text = str(exc)
+    if "FunctionTransformer" in text:
+        return (
+            "a FunctionTransformer runs arbitrary Python, which ONNX cannot hold: replace it "
+            "by a supported transformer (e.g. PowerTransformer, SplineTransformer) or apply "
+            "the function to the data before the pipeline."
+        )
+    if (
+        "shape calculator" in text
+        or "Unable to find a converter" in text
+        or "not supported" in text
+    ):
+        return (
+            "a step of the pipeline has no skl2onnx converter: replace it by a supported "
+            "estimator (https://onnx.ai/sklearn-onnx/supported.html) or register a custom "
+            "converter, then export again."
+        )
+    if "columns using strings" in text or ("string" in text.lower() and "column" in text.lower()):
+        return (
+            "the pipeline selects columns by name: export from a pandas DataFrame (Python) or "
+            "a CSV with a header (CLI) holding those columns."
+        )
+    return (
+        "check that every step is supported by skl2onnx "
+        "(https://onnx.ai/sklearn-onnx/supported.html); if it is, report the message above "
+        "with your scikit-learn and skl2onnx versions."
+    )
+
+
+def _input_order(pipeline: Any, names: list[str]) -> list[str]:
+    """The columns in the order the pipeline was fitted on (a DataFrame-fitted pipeline
+    knows them by name); unknown or missing columns are refused, with the closest names."""
+    expected = getattr(pipeline, "feature_names_in_", None)
+    if expected is None:
+        return names
+    expected = [str(c) for c in expected]
+    unknown = [c for c in names if c not in expected]
+    missing = [c for c in expected if c not in names]
+    if unknown or missing:
+        parts = []
+        for c in unknown:
+            close = difflib.get_close_matches(c, missing or expected, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            parts.append(f"unknown column {c!r}{hint}")
+        if missing:
+            parts.append(f"missing: {', '.join(map(repr, missing))}")
+        raise ExportError(
+            "the data does not have the columns the pipeline was fitted on: " + "; ".join(parts)
+        )
+    return expected
+
+
+def _selects_columns_by_name(estimator: Any) -> bool:
+    """True when a ColumnTransformer anywhere in ``estimator`` picks columns by name."""
+    for columns in _column_specs(estimator):
+        if isinstance(columns, str):
+            return True
+        if isinstance(columns, list | tuple | np.ndarray) and any(
+            isinstance(c, str) for c in columns
+        ):
+            return True
+    return False
+
+
+def _column_specs(estimator: Any) -> list[Any]:
+    out: list[Any] = []
+    for _name, step in getattr(estimator, "steps", None) or []:
+        out.extend(_column_specs(step))
+    for _name, part in getattr(estimator, "transformer_list", None) or []:
+        out.extend(_column_specs(part))
+    for item in getattr(estimator, "transformers", None) or []:
+        if len(item) == 3:
+            out.append(item[2])
+            out.extend(_column_specs(item[1]))
+    return out
+
+
+def _frame(columns: Mapping[str, np.ndarray], names: list[str], kinds: Mapping[str, str]) -> Any:
+    """The training rows as a DataFrame, for a pipeline fitted on one."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {c: columns[c].astype(np.float64 if kinds[c] == "numeric" else object) for c in names}
+    )
 
 
 def _check_fidelity(
-    pipeline: Any, X: np.ndarray, probs: np.ndarray | None, labels: list[Any], task: str
+    pipeline: Any, X: Any, probs: np.ndarray | None, labels: list[Any], task: str
 ) -> None:
     if task == "classification":
         expected = np.asarray(pipeline.predict_proba(X))
@@ -339,8 +498,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="",
         help="comma-separated columns to treat as categorical (default: non-numeric columns)",
     )
-    parser.add_argument("--intended-use", default=DEFAULT_INTENDED_USE)
-    parser.add_argument("--limits", default=DEFAULT_LIMITS)
+    parser.add_argument(
+        "--intended-use",
+        default=DEFAULT_INTENDED_USE,
+        help="model card: what the model is for and who may use it",
+    )
+    parser.add_argument(
+        "--limits",
+        default=DEFAULT_LIMITS,
+        help="model card: known limits (data it was not trained on, failure modes)",
+    )
     parser.add_argument("--metrics", default="{}", help="JSON object, e.g. '{\"accuracy\": 0.93}'")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 

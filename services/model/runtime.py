@@ -5,7 +5,8 @@ sequential execution (thread hand-offs cost more than a 20-feature forest), with
 optimisations on. The model card's ``inputs`` says how rows map onto ONNX inputs:
 
 - ``matrix``: one float32 tensor ``[n, n_features]`` (all-numeric models; the fastest);
-- ``columns``: one ``[n, 1]`` tensor per feature, named after it (float32 or string).
+- ``columns``: one ``[n, 1]`` tensor per feature, named after it (float32 or string), or
+  after its ``input`` when the converter renamed it.
 """
 
 from __future__ import annotations
@@ -54,8 +55,14 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"onnxruntime cannot load {model_path}: {exc}") from exc
         self.tensor = str(inputs.get("tensor", "X"))
-        self._num_names = [f["name"] for f in self.features if f["kind"] == "numeric"]
-        self._cat_names = [f["name"] for f in self.features if f["kind"] == "categorical"]
+        # ONNX input names: the feature's name unless the converter had to rename it
+        # ("input" in model.json, e.g. "od280/od315" -> "od280_od315").
+        self._num_names = [
+            str(f.get("input", f["name"])) for f in self.features if f["kind"] == "numeric"
+        ]
+        self._cat_names = [
+            str(f.get("input", f["name"])) for f in self.features if f["kind"] == "categorical"
+        ]
         self._check_inputs()
         outputs = [o.name for o in self._session.get_outputs()]
         if self.task == "classification":

@@ -16,6 +16,7 @@ The common case (all-numeric model, well-formed batch) is handled by one JSON pa
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -217,7 +218,9 @@ class Validator:
         """Validate named columns (OIP v2 per-feature inputs)."""
         for name in columns:
             if name not in self._known:
-                raise InputError(Reason.UNKNOWN_FEATURE, name, f"unknown feature {name!r}")
+                raise InputError(
+                    Reason.UNKNOWN_FEATURE, name, f"unknown feature {name!r}{self._hint(name)}"
+                )
         for name in self.names:
             if name not in columns:
                 raise InputError(Reason.MISSING_FEATURE, name, f"feature {name!r} is missing")
@@ -233,6 +236,12 @@ class Validator:
         for j, i in enumerate(self._cat_idx):
             categorical[:, j] = self._categorical_column(self.features[i], columns[self.names[i]])
         return Batch(numeric, categorical, n)
+
+    def _hint(self, name: str, given: Mapping[str, Any] | None = None) -> str:
+        """`` (did you mean 'alcohol'?)`` for the closest feature not given, or nothing."""
+        pool = [n for n in self.names if given is None or n not in given] or self.names
+        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]!r}?)" if close else ""
 
     def _check_count(self, n: int) -> None:
         if n == 0:
@@ -256,15 +265,19 @@ class Validator:
         for i, record in enumerate(records):  # explain the first bad record
             if not isinstance(record, dict):
                 raise InputError(Reason.BAD_STRUCTURE, None, f"row {i} is not an object")
+            # Unknown names first: a misspelled feature is also a missing one, and the
+            # misspelling is what the caller must fix.
+            for name in record:
+                if name not in self._known:
+                    raise InputError(
+                        Reason.UNKNOWN_FEATURE,
+                        str(name),
+                        f"row {i}: unknown feature {name!r}{self._hint(str(name), record)}",
+                    )
             for name in self.names:
                 if name not in record:
                     raise InputError(
                         Reason.MISSING_FEATURE, name, f"row {i}: feature {name!r} is missing"
-                    )
-            for name in record:
-                if name not in self._known:
-                    raise InputError(
-                        Reason.UNKNOWN_FEATURE, str(name), f"row {i}: unknown feature {name!r}"
                     )
         raise AssertionError("unreachable: records were rejected without a reason")
 

@@ -131,7 +131,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds to let requests in flight finish after SIGTERM",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
     )
 
 
@@ -200,6 +203,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     if isinstance(source, ConfigMapSource):
         router.on_trip = _report_trips(source)
+        source.on_guard = router.adopt_trip  # other replicas' trips, and ours after a restart
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("router listening on http://%s:%d, table from %s", host, port, source.describe())

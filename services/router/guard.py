@@ -112,12 +112,20 @@ class Guard:
         share = (st.counts["canary"].requests + SHARE_PRIOR * w) / (routed + SHARE_PRIOR)
         return min(max(share, 0.001), 0.999)
 
-    def observe(self, track: str, outcome: str, now: float) -> bool:
-        """One answer to a request the weight split routed; True if this tripped the guard."""
+    def observe(
+        self, track: str, outcome: str, now: float, share: float | str | None = "now"
+    ) -> bool:
+        """One answer to a request the weight split routed; True if this tripped the guard.
+
+        ``share``: the canary's share when the request was routed (``self.share()`` then);
+        by default the share now. An answer that arrives after the weight changed must be
+        judged at the share it was routed with.
+        """
         st = self.state
         if st is None or st.trip is not None or track not in st.counts:
             return False
-        share = self.share()
+        if isinstance(share, str):
+            share = self.share()
         counts = st.counts[track]
         counts.requests += 1
         if outcome not in ERROR_OUTCOMES or share is None:
@@ -146,6 +154,26 @@ class Guard:
             self._trip(st, "agreement", now, None)
             return True
         return False
+
+    def adopt(self, report: Any) -> bool:
+        """Take over a trip another router (or this one before a restart) reported for the
+        canary in force; True if that tripped this guard. Anything else is ignored."""
+        st = self.state
+        trip = report.get("trip") if isinstance(report, dict) else None
+        if st is None or st.trip is not None or not isinstance(trip, dict):
+            return False
+        if (trip.get("canaryVersion"), trip.get("canaryUrl")) != (st.canary_version, st.canary_url):
+            return False
+        message = trip.get("message")
+        st.trip = {
+            **{k: trip.get(k) for k in ("test", "at", "alpha", "eValue", "threshold", "evidence")},
+            "canaryVersion": st.canary_version,
+            "canaryUrl": st.canary_url,
+            "generation": self.generation,
+            "adopted": True,
+            "message": message if isinstance(message, str) else "router guard tripped elsewhere",
+        }
+        return True
 
     def _trip(self, st: GuardState, test: str, now: float, share: float | None) -> None:
         spec = self.spec

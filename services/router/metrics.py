@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mlrollout.services import metric_names as n
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .table import TRACKS, RoutingTable
@@ -81,7 +82,7 @@ class RouterMetrics:
             registry=r,
         )
         self.agreement_total = Counter(
-            "mlrollout_router_agreement",
+            n.ROUTER_AGREEMENT,
             "Paired comparisons of canary and stable answers to the same request: rows that "
             "agree or disagree, requests whose pair could not be compared (error) or was not "
             "sent (dropped). source: the track whose live request was mirrored.",

@@ -26,6 +26,7 @@ from .table import (
     Track,
     check_successor,
     choose,
+    forced_track,
     parse_table,
     should_shadow,
 )
@@ -202,9 +203,11 @@ class Router:
                 sticky = value.decode("latin-1")
             out += (name, b": ", value, b"\r\n")
         try:
-            track = choose(table, sticky, force, random.random())
+            feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
+            forced = forced_track(table, force, feedback)
         except TableError as exc:
             return error_reply(400, str(exc))
+        track = forced or choose(table, sticky, None, random.random())
         if request_id is None:
             self._id_counter += 1
             request_id = b"%s-%x" % (self._id_prefix.encode(), self._id_counter)
@@ -213,9 +216,10 @@ class Router:
 
         self.inflight += 1
         # Only the weight split's choices are evidence for the guard (not a forced track).
-        judged = force is None or not force.strip()
+        judged = forced is None
+        share = self.guard.share() if judged else None  # at routing time, for the guard
         try:
-            response, track = await self._forward(table, track, req, headers, judged)
+            response, track = await self._forward(table, track, req, headers, judged, share)
         finally:
             self.inflight -= 1
         if isinstance(response, UpstreamError):
@@ -248,6 +252,7 @@ class Router:
         req: Request,
         headers: bytes,
         judged: bool = False,
+        share: float | None = None,
         deadline: float | None = None,
     ) -> tuple[Response | UpstreamError, Track]:
         """Send ``req`` to ``track``; a canary that gives no usable answer is retried on stable.
@@ -281,7 +286,7 @@ class Router:
             elapsed = time.perf_counter() - start
             self.metrics.request_done(track, backend.version, outcome, elapsed)
             if judged:
-                self._judge(track, outcome)
+                self._judge(track, outcome, share)
             if retry:
                 self.metrics.fallback(track, backend.version)
                 log.warning("canary %s failed, retrying on stable: %s", backend.url, exc)
@@ -292,7 +297,7 @@ class Router:
         outcome = outcome_of(response.status)
         self.metrics.request_done(track, backend.version, outcome, elapsed)
         if judged:
-            self._judge(track, outcome)
+            self._judge(track, outcome, share)
         if retry and response.status == 503:
             # "Not ready" (a canary starting or restarting): nothing was done, so the
             # request is stable's. Other 5xx answers go to the client (see docs).
@@ -313,13 +318,25 @@ class Router:
         return Upstream(host, port, connect_timeout=cfg.connect_timeout, limits=limits)
 
     # ---- the guard -------------------------------------------------------------------
-    def _judge(self, track: Track, outcome: str) -> None:
-        if self.guard.observe(track, outcome, time.time()):
+    def _judge(self, track: Track, outcome: str, share: float | None) -> None:
+        if self.guard.observe(track, outcome, time.time(), share):
             self._tripped()
         elif outcome in ("server_error", "unreachable"):
             self.metrics.guard_state(self.guard)
 
-    def _tripped(self) -> None:
+    def adopt_trip(self, data: bytes | str, origin: str) -> None:
+        """A trip reported through the table source (the ConfigMap's ``guard.json``): by
+        another replica, or by this router before it restarted. Same effect as our own."""
+        try:
+            report = json.loads(data)
+        except (ValueError, RecursionError):
+            log.warning("ignoring an unreadable guard report from %s", origin)
+            return
+        if self.guard.adopt(report):
+            log.warning("adopting the guard trip reported in %s", origin)
+            self._tripped(report_it=False)
+
+    def _tripped(self, report_it: bool = True) -> None:
         """The guard crossed: serve the canary at weight 0 from the next request on."""
         if self.table is None:
             return
@@ -328,7 +345,7 @@ class Router:
         self.metrics.guard_state(self.guard)
         report = self.guard.report()
         log.warning("%s; canary taken to weight 0", report.get("trip", {}).get("message"))
-        if self.on_trip is not None:
+        if self.on_trip is not None and report_it:
             try:
                 self.on_trip(report)
             except Exception:

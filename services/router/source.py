@@ -218,6 +218,8 @@ class ConfigMapSource:
     ) -> None:
         self.namespace, self.name, self.key = namespace, name, key
         self.access = access
+        # Called with the ConfigMap's guard report (``GUARD_KEY``) after each table delivery.
+        self.on_guard: Callable[[str, str], None] | None = None
         self.max_backoff = max_backoff
 
     def describe(self) -> str:
@@ -298,6 +300,9 @@ class ConfigMapSource:
             reject(f"key {self.key!r} is not a string of at most {MAX_TABLE_BYTES} characters")
             return
         offer(data.encode(), self.describe())
+        guard = (obj.get("data") or {}).get(GUARD_KEY)
+        if self.on_guard is not None and isinstance(guard, str) and len(guard) <= MAX_TABLE_BYTES:
+            self.on_guard(guard, self.describe())
 
     async def write_guard(self, report: dict[str, Any], attempts: int = 5) -> bool:
         """Put the guard's report in the ConfigMap under ``guard.json`` (a merge patch of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +17,10 @@ from .options import AgreementSpec, GuardSpec, parse_agreement, parse_guard
 
 Track = Literal["stable", "canary"]
 TRACKS: tuple[Track, ...] = ("stable", "canary")
+# Who may pick a track with the force header (``spec.traffic.trackHeader``): nobody
+# (default), a canary only while it has traffic, or also a canary at weight 0.
+TrackHeader = Literal["off", "weighted", "always"]
+TRACK_HEADER_MODES: tuple[TrackHeader, ...] = ("off", "weighted", "always")
 
 # Sticky users are spread over this many buckets; one bucket is 0.01 % of users, so an
 # integer weight w (percent) owns exactly buckets [0, w * 100).
@@ -48,12 +52,21 @@ class RoutingTable:
     shadow_percent: float = 0.0
     agreement: AgreementSpec | None = None
     guard: GuardSpec | None = None
+    track_header: TrackHeader = "off"
     # The document as received, echoed by ``GET /-/table``.
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def canary_weight(self) -> int:
         return self.weights.get("canary", 0)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON document a router reads (tables come from :func:`parse_table`)."""
+        return {**self.raw, "generation": self.generation}
+
+    def with_generation(self, generation: int) -> RoutingTable:
+        """The same table under another generation (the writer numbers what it writes)."""
+        return replace(self, generation=generation, raw={**self.raw, "generation": generation})
 
 
 def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
@@ -91,6 +104,14 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
     if agreement is not None and agreement.percent > 0 and "canary" not in backends:
         problems.append("agreement.percent > 0 needs a canary backend")
     guard = parse_guard(doc.get("guard"), problems)
+    given = doc.get("trackHeader")
+    track_header: TrackHeader = "off"
+    for mode in TRACK_HEADER_MODES:
+        if isinstance(given, str) and given == mode:
+            track_header = mode
+    if given is not None and given != track_header:
+        modes = ", ".join(TRACK_HEADER_MODES)
+        problems.append(f"trackHeader must be one of {modes} (or null), got {given!r}")
     if problems:
         raise TableError("invalid routing table: " + "; ".join(problems))
     return RoutingTable(
@@ -102,6 +123,7 @@ def parse_table(data: bytes | str | dict[str, Any]) -> RoutingTable:
         shadow_percent=float(shadow),
         agreement=agreement,
         guard=guard,
+        track_header=track_header,
         raw=doc,
     )
 
@@ -134,27 +156,57 @@ def sticky_bucket(value: str) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def choose(table: RoutingTable, sticky_value: str | None, force: str | None, rand: float) -> Track:
+def forced_track(table: RoutingTable, force: str | None, feedback: bool = False) -> Track | None:
+    """The track the force header picks, or None when it picks nothing (then weights do).
+
+    ``table.track_header`` decides: ``off`` ignores the header, ``weighted`` honours it
+    for stable and for a canary with weight > 0, ``always`` also for a canary at weight 0.
+    A canary that is rolled back is not in the table, so no mode reaches it. ``feedback``
+    (a label for an earlier prediction) pins the request to the track that made the
+    prediction: a canary with weight > 0 (``always``: any canary) in every mode.
+    Raises :class:`TableError` for a name that is no backend, when the header is honoured.
+    """
+    # A blank header value is no choice.
+    if force is None or not force.strip():
+        return None
+    mode = table.track_header
+    if mode == "off" and not feedback:
+        return None
+    track = force.strip().lower()
+    if track not in table.backends:
+        if mode == "off":
+            return None
+        known = ", ".join(table.backends)
+        raise TableError(f"cannot force track {force!r}: this table has {known}")
+    if track == "canary" and mode != "always" and table.canary_weight <= 0:
+        return None
+    return track  # type: ignore[return-value]
+
+
+def choose(
+    table: RoutingTable,
+    sticky_value: str | None,
+    force: str | None,
+    rand: float,
+    feedback: bool = False,
+) -> Track:
     """The track that serves one request.
 
-    ``force`` (the value of the force header) wins; then a sticky value picks by bucket
-    (users in buckets below ``canary weight * 100`` get the canary, so raising the weight
-    only moves users upward); otherwise ``rand`` in [0, 1) splits by weight.
-    Raises :class:`TableError` for a force value that names no backend in the table.
+    ``force`` (the value of the force header) wins where :func:`forced_track` honours it;
+    then a sticky value picks by bucket (users in buckets below ``canary weight * 100``
+    get the canary, so raising the weight only moves users upward); otherwise ``rand``
+    in [0, 1) splits by weight.
     """
-    # A blank header value is no choice: an empty user id would put every anonymous
-    # client in one bucket, all on the same track whatever the weight.
-    if force is not None and force.strip():
-        track = force.strip().lower()
-        if track not in table.backends:
-            known = ", ".join(table.backends)
-            raise TableError(f"cannot force track {force!r}: this table has {known}")
-        return track  # type: ignore[return-value]
+    forced = forced_track(table, force, feedback)
+    if forced is not None:
+        return forced
     weight = table.canary_weight
     if weight <= 0:
         return "stable"
     if weight >= 100:
         return "canary"
+    # A blank header value is no choice: an empty user id would put every anonymous
+    # client in one bucket, all on the same track whatever the weight.
     if sticky_value is not None and sticky_value.strip():
         return "canary" if sticky_bucket(sticky_value) < weight * (BUCKETS // 100) else "stable"
     return "canary" if rand * 100.0 < weight else "stable"

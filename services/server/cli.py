@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlrollout.services.osutil import pid_alive
+
 from .settings import TRACKS, Settings, SettingsError, env_float, env_int
 
 HOME_PREFIX = "mlrollout-serve-"
@@ -200,18 +202,8 @@ def _remove_stale_homes() -> None:
     """Remove homes left by servers that were killed (SIGKILL skips our cleanup)."""
     for path in Path(tempfile.gettempdir()).glob(f"{HOME_PREFIX}*-*"):
         pid = path.name[len(HOME_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _model_label(artifact_dir: str) -> str:

@@ -70,22 +70,50 @@ GO
 cd "$mod"
 export GOFLAGS="${GOFLAGS:-} -mod=mod" CGO_ENABLED=0
 start=$(date +%s)
+load_start=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+times=""
 echo "[kube-build] resolving modules for Kubernetes v$KUBE_VERSION (staging $stage_v), etcd v$ETCD_VERSION"
 "$GO" mod tidy -e >/dev/null 2>&1 || true
 "$GO" mod download
-for b in "${missing[@]}"; do
+# Progress while one binary compiles: packages compiled so far (go build -v), every 30 s.
+heartbeat() {
+  local name=$1 log=$2 t0=$3
+  while sleep 30; do
+    echo "[kube-build]   $name: $(wc -l <"$log" 2>/dev/null || echo 0) packages compiled, $(( $(date +%s) - t0 )) s"
+  done
+}
+compile() {  # compile NAME CMD...: run a go build/install with a heartbeat; show its log on failure
+  local name=$1; shift
+  local log="$CACHE/build-$name.log" t0 hb rc=0
   t0=$(date +%s)
-  case "$b" in
-    etcd) pkg=./cmd/etcd ;;
-    kwok) pkg=""; echo "[kube-build] building kwok v$KWOK_VERSION"
-          GOBIN="$BIN" "$GO" install "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
-    *) pkg="k8s.io/kubernetes/cmd/$b" ;;
-  esac
-  if [ -n "$pkg" ]; then
-    echo "[kube-build] building $b ..."
-    "$GO" build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" -o "$BIN/$b.tmp" "$pkg"
-    mv "$BIN/$b.tmp" "$BIN/$b"
+  echo "[kube-build] building $name ..."
+  heartbeat "$name" "$log" "$t0" & hb=$!
+  "$@" >"$log" 2>&1 || rc=$?
+  kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    echo "[kube-build] $name FAILED (exit $rc); last lines of $log:" >&2
+    tail -40 "$log" >&2
+    exit "$rc"
   fi
-  echo "[kube-build] $b done in $(( $(date +%s) - t0 )) s"
+  echo "[kube-build] $name done in $(( $(date +%s) - t0 )) s"
+  times="$times\"${name%% *}\": $(( $(date +%s) - t0 )), "
+}
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+for b in "${missing[@]}"; do
+  case "$b" in
+    etcd) compile etcd "$GO" build -v -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" ./cmd/etcd ;;
+    kwok) compile "kwok v$KWOK_VERSION" env GOFLAGS= GOBIN="$BIN" "$GO" install -v "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
+    *) compile "$b" "$GO" build -v -trimpath -ldflags "$ldflags" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b" ;;
+  esac
+  if [ -e "$BIN/$b.tmp" ]; then mv "$BIN/$b.tmp" "$BIN/$b"; fi
 done
-echo "[kube-build] control plane v$KUBE_VERSION built in $(( $(date +%s) - start )) s -> $BIN"
+total=$(( $(date +%s) - start ))
+echo "[kube-build] control plane v$KUBE_VERSION built in $total s -> $BIN"
+# A record of this build for docs/benchmarks.md (bench/controlplane.py reads it).
+cat > "$CACHE/build.json" <<JSON
+{"kube_version": "$KUBE_VERSION", "etcd_version": "$ETCD_VERSION", "kwok_version": "$KWOK_VERSION",
+ "go": "$("$GO" env GOVERSION)", "cores": $(nproc), "date": "$(date -u +'%Y-%m-%d %H:%M UTC')",
+ "built": "${missing[*]}", "complete": $([ ${#missing[@]} -eq ${#want[@]} ] && echo true || echo false),
+ "loadavg_start": $load_start, "loadavg_end": $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0),
+ "seconds": {${times}"total": $total}}
+JSON

@@ -99,8 +99,13 @@ def prune_nulls(node: dict[str, Any], value: Any) -> None:
 
 
 def ints_for_cel(node: dict[str, Any], value: Any) -> Any:
+    """``value`` as the API server hands it to CEL: integers for integer fields (whole floats
+    arrive from kubectl as integers), doubles for number fields even when written as 10
+    (``int == double`` has no overload in the server's CEL)."""
     if node.get("type") == "integer" and isinstance(value, float):
         return int(value)
+    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if node.get("x-kubernetes-int-or-string") and isinstance(value, float):
         return int(value) if value.is_integer() else value
     if isinstance(value, dict):

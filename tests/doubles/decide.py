@@ -7,6 +7,7 @@ stored status alone (an operator restart).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -30,6 +31,8 @@ from mlrollout.operator.interfaces import (
     Sample,
 )
 from mlrollout.operator.model import ModelDeploymentSpec, ModelDeploymentStatus
+from mlrollout.services.metrics import LATENCY_BUCKETS
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TrackTraffic:
     drift_windows: float = 0.0
     prediction_bins: Mapping[str, float] = field(default_factory=dict)
     feedback: Mapping[str, float] = field(default_factory=dict)
+    agreement: Mapping[str, float] = field(default_factory=dict)  # canary only: agree/disagree
 
 
 def results_for(
@@ -56,7 +60,10 @@ def results_for(
     failing: frozenset[str] = frozenset(),
 ) -> dict[str, list[Sample] | ProviderError]:
     """Answers to the planned queries (by name). ``failing``: names that raise ProviderError;
-    ``age``: seconds since the canary's last scrape (None: never scraped)."""
+    ``age``: seconds since the canary's last scrape (None: never scraped).
+
+    Counts are what the queried range holds, whatever the range (since the step or the
+    rollout began); latency puts every request in the bucket of ``latency``."""
     tracks = {"stable": stable, "canary": canary}
 
     def scalar(value: float | None) -> list[Sample]:
@@ -71,6 +78,7 @@ def results_for(
             answers[name] = ProviderError(f"{name}: connection refused")
             continue
         kind, _, track = name.partition(".")
+        track = track.partition("@")[0]
         t = tracks.get(track, canary)
         if name == q.FRESHNESS:
             answers[name] = scalar(age)
@@ -79,7 +87,13 @@ def results_for(
         elif kind == "errors":
             answers[name] = scalar(t.errors) if t.errors else []
         elif kind == "latency":
-            answers[name] = scalar(t.latency)
+            answers[name] = [
+                Sample(labels={"le": repr(edge)}, value=t.requests if t.latency <= edge else 0.0)
+                for edge in LATENCY_BUCKETS
+            ] + [Sample(labels={"le": "+Inf"}, value=t.requests)]
+        elif name == q.AGREEMENT:
+            answers[name] = vector("result", canary.agreement)
+
         elif kind == "inputPsi":
             answers[name] = vector("feature", t.input_psi)
         elif name == q.DRIFT_WINDOWS:
@@ -110,6 +124,7 @@ class Scenario:
         self.events: list[Event] = []
         self.wanted: dict[str, RevisionSpec] = {}
         self.not_ready: set[str] = set()  # versions whose revisions are not ready
+        self.gone: set[str] = set()  # versions whose process exited for good
         self.stable = TrackTraffic()
         self.canary = TrackTraffic()
         self.age: float | None = 5.0
@@ -141,7 +156,10 @@ class Scenario:
             wanted = wanted_revisions(spec, status, self.now)
             states = {
                 rev: RevisionState(
-                    rev, ready=w.model.version not in self.not_ready, url=f"http://{rev}"
+                    rev,
+                    ready=w.model.version not in self.not_ready | self.gone,
+                    url=f"http://{rev}",
+                    gone=w.model.version in self.gone,
                 )
                 for rev, w in wanted.items()
             }
@@ -172,8 +190,8 @@ class Scenario:
         assert decision is not None
         return decision
 
-    def healthy_traffic(self, n: float = 1000.0) -> None:
-        self.stable = TrackTraffic(requests=n, errors=n * 0.001, latency=0.05)
+    def healthy_traffic(self, n: float = 5000.0) -> None:
+        self.stable = TrackTraffic(requests=n, errors=n * 0.0002, latency=0.05)
         self.canary = replace(self.stable)
 
     @property
@@ -219,30 +237,46 @@ class FakeRouter:
     """A TrafficRouter holding the table in memory."""
 
     def __init__(self, log: list[str] | None = None) -> None:
-        self.table: dict[str, Any] | None = None
-        self.tables: list[dict[str, Any]] = []  # every table written, in order
+        self.routes: RoutingTable | None = None
+        self.tables: list[dict[str, Any]] = []  # every table written, as documents, in order
         self.writes = 0
         self.log = log if log is not None else []
         self.guard: dict[str, Any] | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
-        self.table = dict(table)
-        self.tables.append(dict(table))
-        self.writes += 1
-        self.log.append(
-            "route " + ",".join(f"{k}={v}" for k, v in sorted(table["weights"].items()))
-        )
+    @property
+    def table(self) -> dict[str, Any] | None:
+        """The table in force as its document (what tests compare)."""
+        return None if self.routes is None else self.routes.to_doc()
 
-    def get_routes(self) -> dict[str, Any] | None:
-        return self.table
+    @table.setter
+    def table(self, doc: dict[str, Any] | None) -> None:
+        self.routes = None if doc is None else parse_table(doc)
+
+    def set_routes(self, table: RoutingTable) -> None:
+        self.routes = table
+        self.tables.append(table.to_doc())
+        self.writes += 1
+        self.log.append("route " + ",".join(f"{k}={v}" for k, v in sorted(table.weights.items())))
+
+    def get_routes(self) -> RoutingTable | None:
+        return self.routes
 
     def guard_report(self) -> dict[str, Any] | None:
         """What a router's guard would report: set ``guard`` to simulate a trip."""
         return self.guard
 
 
+_RANGE = re.compile(r"\[[0-9]+s\]")
+
+
+def _any_range(promql: str) -> str:
+    # Count queries cover "since the step began": the range grows with the clock.
+    return _RANGE.sub("[range]", promql)
+
+
 class FakeMetrics:
-    """A MetricsProvider answering by exact PromQL text; unknown queries get an empty vector."""
+    """A MetricsProvider answering by PromQL text (any count range matches); unknown queries
+    get an empty vector."""
 
     def __init__(self) -> None:
         self.online = True
@@ -252,11 +286,11 @@ class FakeMetrics:
     def load(
         self, planned: Mapping[str, str], results: Mapping[str, list[Sample] | ProviderError]
     ) -> None:
-        self.answers.update({planned[name]: value for name, value in results.items()})
+        self.answers.update({_any_range(planned[name]): v for name, v in results.items()})
 
     def query(self, promql: str, now: datetime) -> list[Sample]:
         self.calls.append(promql)
-        answer = self.answers.get(promql, [])
+        answer = self.answers.get(_any_range(promql), [])
         if isinstance(answer, ProviderError):
             raise answer
         return list(answer)

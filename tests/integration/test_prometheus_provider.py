@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlrollout.operator import queries as q
-from mlrollout.operator.decide import analysis
+from mlrollout.operator.decide import analysis, checks
 from mlrollout.operator.interfaces import ProviderError
 from mlrollout.operator.model import Analysis
 from mlrollout.operator.prometheus import PrometheusProvider
@@ -141,7 +141,7 @@ def test_scalar_and_freshness(prometheus: str) -> None:
     (scalar,) = provider.query("vector(2) * 21", _now())
     assert scalar.value == 42.0
     cfg = Analysis.model_validate({})
-    planned = q.analysis_queries(cfg, "fraud", "team-a", "v1", "v2")
+    planned = checks.analysis_queries(cfg, "fraud", "team-a", "v1", "v2")
     (age,) = provider.query(planned[q.FRESHNESS], _now())
     assert 0 <= age.value < 30
 
@@ -154,7 +154,7 @@ def test_a_scrape_that_stops_is_stale_not_never_scraped(
     # forever, past onProviderError.maxHold.
     provider = PrometheusProvider(prometheus)
     cfg = Analysis.model_validate({"maxStaleness": "2s"})
-    freshness = q.analysis_queries(cfg, "fraud", "team-a", "v1", "v3")[q.FRESHNESS]
+    freshness = checks.analysis_queries(cfg, "fraud", "team-a", "v1", "v3")[q.FRESHNESS]
 
     def outcomes() -> set[str]:
         results = {q.FRESHNESS: provider.query(freshness, _now())}
@@ -180,7 +180,7 @@ def test_every_analysis_query_runs_on_real_prometheus(prometheus: str) -> None:
             },
         }
     )
-    planned = q.analysis_queries(cfg, "fraud", "team-a", "v1", "v2")
+    planned = checks.analysis_queries(cfg, "fraud", "team-a", "v1", "v2")
     planned.update(q.stable_drift_queries("fraud", "team-a", "v1"))
     now = _now()
     results = {name: provider.query(promql, now) for name, promql in planned.items()}

@@ -103,7 +103,9 @@ async def test_guard_takes_a_failing_canary_to_weight_zero(rig: Any) -> None:
 
 
 async def test_forced_requests_are_not_evidence(rig: Any) -> None:
-    router, client, _ = await rig(FakeBackend("v1"), Flaky("v2", 1.0), guard={"alpha": 0.01})
+    router, client, _ = await rig(
+        FakeBackend("v1"), Flaky("v2", 1.0), guard={"alpha": 0.01}, trackHeader="weighted"
+    )
     for _ in range(20):
         r = await client.post("/predict", content=b"{}", headers={"x-mlrollout-track": "canary"})
         assert r.status_code == 500

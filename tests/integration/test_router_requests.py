@@ -123,9 +123,24 @@ async def test_an_id_the_model_server_would_not_keep_is_replaced(rig_factory, gi
     assert re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", rid)
 
 
-async def test_force_header(rig_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_no_client_reaches_a_weight_zero_canary_by_default(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    # Issue 12 item 5: 50 of 50 forced requests reached a weight-0 canary.
     rig = await rig_factory(canary=FakeBackend("v2"))
     rig.load(1, 0)
+    for mode in (None, "weighted"):
+        if mode is not None:
+            rig.load(2, 0, trackHeader=mode)
+        for _ in range(50):
+            resp = await rig.client.post(
+                "/p", content=b"[1]", headers={"x-mlrollout-track": "canary"}
+            )
+            assert (resp.status_code, resp.headers["x-mlrollout-track"]) == (200, "stable")
+    assert rig.metric("mlrollout_router_requests_total", track="canary") == 0
+
+
+async def test_force_header(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    rig = await rig_factory(canary=FakeBackend("v2"))
+    rig.load(1, 0, trackHeader="always")
     resp = await rig.client.post("/p", content=b"[1]", headers={"x-mlrollout-track": "canary"})
     assert resp.headers["x-mlrollout-track"] == "canary"
     assert resp.json()["version"] == "v2"

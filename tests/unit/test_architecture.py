@@ -149,3 +149,54 @@ def test_every_installed_module_says_what_it_is() -> None:
         if not archdoc.summary(path)
     ]
     assert missing == [], f"modules without a docstring: {missing}"
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """Seven people merge into one branch here; a conflict resolved by committing both
+    sides once reached the architecture page."""
+    markers = ("<<<<<<< ", ">>>>>>> ")
+    found = []
+    for folder in ("operator", "services", "tests", "bench", "tools", "docs", "helm", "crds"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix not in {".py", ".md", ".yaml", ".yml", ".toml", ".json", ".tpl"}:
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if line.startswith(markers):
+                    found.append(f"{path.relative_to(ROOT)}:{n}")
+    for name in ("README.md", "Makefile", "pyproject.toml"):
+        text = (ROOT / name).read_text()
+        found += [
+            f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if line.startswith(markers)
+        ]
+    assert found == [], f"merge conflict markers: {found}"
+
+
+def _reexporting_packages() -> list[tuple[str, Path]]:
+    """Packages whose ``__init__`` imports their own submodules (to re-export names)."""
+    from tools import archdoc
+
+    out = []
+    for name, folder in archdoc._packages(ROOT, _pyproject()):
+        init = folder / "__init__.py"
+        if init.exists() and any(
+            isinstance(n, ast.ImportFrom) and (n.module or "").startswith(name + ".")
+            for n in ast.walk(ast.parse(init.read_text()))
+        ):
+            out.append((name, folder))
+    return out
+
+
+def test_submodules_never_import_through_their_reexporting_package() -> None:
+    """``from pkg import sibling`` inside ``pkg`` goes through ``pkg/__init__``, which
+    imports the siblings back: an import loop that works only while the order holds."""
+    packages = _reexporting_packages()
+    assert ("mlrollout.operator.decide", ROOT / "operator" / "decide") in packages
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for name, folder in packages
+        for path in sorted(folder.glob("*.py"))
+        if path.name != "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == name
+    ]
+    assert found == [], f"import the sibling module itself (import {{pkg}}.{{mod}} as x): {found}"

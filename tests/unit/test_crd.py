@@ -57,12 +57,36 @@ def test_schema_is_structural_and_every_field_is_described() -> None:
     for path, node in _walk(root):
         if path.endswith("{}") or (path.endswith("[]") and node.get("type") != "object"):
             continue  # map values and scalar list items are described by their field
+        if path == ".metadata":
+            continue  # the structural-schema rule forbids anything but name restrictions
         assert node.get("description"), f"{path or 'root'} has no description"
         assert "type" in node, f"{path} has no type"
         for banned in ("$ref", "anyOf", "oneOf", "allOf", "title", "nullable"):
             assert banned not in node, f"{path} uses {banned}"
         if "default" in node:
             assert node["default"] is not None, path
+
+
+def test_metadata_schema_only_restricts_the_name() -> None:
+    """apiextensions' structural-schema rule: `metadata` may hold `type: object` and
+    restrictions on name/generateName, nothing else (not even a description), or the API
+    server refuses the whole CRD (issue 10; tests/cluster proves it on a real server)."""
+    meta = _version()["schema"]["openAPIV3Schema"]["properties"]["metadata"]
+    assert set(meta) <= {"type", "properties"}, meta
+    assert set(meta.get("properties", {})) <= {"name", "generateName"}
+
+
+def test_object_defaults_are_complete() -> None:
+    """The API server checks each default against the CEL rules as written, without filling
+    in nested defaults (a `default: {}` on traffic failed "gateway is required when router
+    is gatewayAPI": no such key router). So every object default is already complete."""
+    found = 0
+    for path, node in _walk(_version()["schema"]["openAPIV3Schema"]):
+        if node.get("type") == "object" and isinstance(node.get("default"), dict):
+            found += 1
+            default = node["default"]
+            assert crd.apply_defaults(node, copy.deepcopy(default)) == default, path
+    assert found >= 3
 
 
 def test_resource_shape() -> None:

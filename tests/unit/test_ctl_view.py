@@ -111,7 +111,9 @@ def test_verdict_rows_read_unknown_checks_generically() -> None:
 def test_limits_have_units_and_name_the_rule() -> None:
     limits = check_limits(Analysis.model_validate({"metrics": {"latency": {"maxSeconds": 0.25}}}))
     assert limits["latency"] == "p95 <= 250ms and <= 1.5x stable"
-    assert limits["errorRateVsStable"] == "increase over stable <= +0 (at 0.95 confidence)"
+    assert limits["errorRateVsStable"] == (
+        "no increase over stable; passes at a bound <= +0.01 (alpha 0.01 per rollout)"
+    )
     assert format_value("latency", 0.0123) == "12.3ms"
     assert format_value("errorRateVsStable", 0.0) == "+0"
 

@@ -94,24 +94,20 @@ def test_high_error_rate_rolls_back_and_stays_rolled_back() -> None:
     s = healthy_v1()
     s.canary = TrackTraffic(requests=1000, errors=100)
     start_canary(s)
-    assert s.status["analysis"]["consecutiveFailures"] == 1
-    assert s.phase == "Progressing"
+    assert s.phase == "Progressing"  # a step that starts now has no traffic to judge
     s.tick(30)
-    assert s.phase == "RolledBack"
+    assert s.phase == "RolledBack"  # a sequential test crossed: at once, no failureLimit
     assert s.status["weights"] == {"stable": 100, "canary": 0}
     rejected = s.status["rejectedRevisions"]
     assert [r["version"] for r in rejected] == ["v2"]
     assert "errorRate" in rejected[0]["reason"]
     assert set(s.wanted) == {s.status["stable"]["id"]}
     verdict = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRate")
-    assert verdict == {
-        "check": "errorRate",
-        "outcome": "fail",
-        "value": 0.1,
-        "threshold": 0.05,
-        "samples": 1000,
-        "message": verdict["message"],
-    }
+    assert verdict["outcome"] == "fail" and verdict["value"] == 0.1
+    assert verdict["threshold"] == 0.05 and verdict["samples"] == 1000
+    assert verdict["lower"] > 0.05  # the anytime-valid bound is what crossed
+    assert verdict["test"] == "rate confidence sequence"
+    assert "100/1000" in verdict["message"]
     # Sticky: the same spec never restarts the canary.
     s.canary = TrackTraffic(requests=1000)
     s.run(120)
@@ -129,15 +125,26 @@ def test_error_rate_increase_over_stable_fails_by_count_test() -> None:
     s.tick(30)
     assert s.phase == "RolledBack"
     outcomes = {v["check"]: v["outcome"] for v in s.status["analysis"]["verdicts"]}
-    assert outcomes["errorRate"] == "pass"
+    assert outcomes["errorRate"] != "fail"
     assert outcomes["errorRateVsStable"] == "fail"
+    vs = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRateVsStable")
+    assert vs["test"] == "error split e-process" and "e-value" in vs["message"]
+    assert "30/1000" in vs["message"] and "9/9000" in vs["message"]
 
 
-def test_small_error_difference_within_noise_passes() -> None:
+def test_small_error_difference_within_noise_is_held_then_passes_on_evidence() -> None:
     s = healthy_v1()
     s.stable = TrackTraffic(requests=1800, errors=10)
     s.canary = TrackTraffic(requests=200, errors=2)
     start_canary(s)
+    s.run(90)
+    # Neither rolled back (no evidence of harm) nor promoted (no evidence of safety).
+    assert s.phase == "Progressing" and s.status["currentStep"] == 0
+    vs = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRateVsStable")
+    assert vs["outcome"] == "inconclusive" and vs["needed"] > 0
+    assert "more requests" in s.status["message"]
+    s.stable = TrackTraffic(requests=18000, errors=100)
+    s.canary = TrackTraffic(requests=5000, errors=30)
     s.tick(30)
     s.tick(30)
     assert s.phase == "Healthy"
@@ -161,14 +168,16 @@ def test_canary_drifting_from_own_profile_more_than_stable_rolls_back() -> None:
     s.canary = TrackTraffic(requests=1000, input_psi={"amount": 0.4}, drift_windows=3)
     start_canary(s)
     s.tick(30)
+    assert s.phase == "Progressing"  # a window check: failureLimit 2 runs in a row
+    s.tick(30)
     assert s.phase == "RolledBack"
 
 
 def test_shared_input_drift_does_not_fail_canary_but_sets_condition() -> None:
     s = healthy_v1(metrics={"inputDrift": {"maxPsiIncrease": 0.1}})
     drift = {"amount": 0.5}
-    s.stable = TrackTraffic(requests=1000, input_psi=drift, drift_alarm={"amount": 1})
-    s.canary = TrackTraffic(requests=1000, input_psi=drift, drift_windows=3)
+    s.stable = TrackTraffic(requests=5000, input_psi=drift, drift_alarm={"amount": 1})
+    s.canary = TrackTraffic(requests=5000, input_psi=drift, drift_windows=3)
     start_canary(s)
     s.tick(30)
     s.tick(30)
@@ -186,9 +195,10 @@ def test_too_little_traffic_holds_the_step() -> None:
     assert s.phase == "Progressing"
     assert s.status["currentStep"] == 0
     assert s.status["weights"]["canary"] == 10
-    assert {v["outcome"] for v in s.status["analysis"]["verdicts"]} == {"noData"}
+    outcomes = {v["check"]: v["outcome"] for v in s.status["analysis"]["verdicts"]}
+    assert set(outcomes.values()) <= {"noData", "inconclusive"}
     assert _condition(s, "AnalysisHealthy") == "Unknown"
-    s.canary = TrackTraffic(requests=500)
+    s.canary = TrackTraffic(requests=5000)
     s.tick(30)
     assert s.status["currentStep"] == 1
 
@@ -351,15 +361,18 @@ def test_canary_never_ready_is_rolled_back_after_progress_deadline() -> None:
 
 
 def test_failure_below_limit_then_pass_resets_the_count() -> None:
-    s = healthy_v1(failureLimit=3)
-    s.canary = TrackTraffic(requests=1000, errors=100)
+    custom = [{"name": "p99ok", "query": 'up{job="{{deployment}}"}', "min": 1}]
+    s = healthy_v1(failureLimit=3, metrics={"custom": custom})
+    s.custom = {"p99ok": 0.0}
     start_canary(s)
     s.tick(30)
+    s.tick(30)
     assert s.status["analysis"]["consecutiveFailures"] == 2
-    s.canary = TrackTraffic(requests=1000, errors=1)
+    assert s.status["analysis"]["failureStreaks"] == {"p99ok": 2}
+    s.custom = {"p99ok": 1.0}
     s.tick(30)
     assert s.status["analysis"]["consecutiveFailures"] == 0
-    assert s.phase == "Progressing"
+    assert s.phase != "RolledBack"
 
 
 def test_custom_check_gates_the_canary() -> None:
@@ -367,7 +380,7 @@ def test_custom_check_gates_the_canary() -> None:
     s = healthy_v1(metrics={"custom": custom})
     s.custom = {"p99ok": 0.0}
     start_canary(s)
-    s.tick(30)
+    s.run(60)
     assert s.phase == "RolledBack"
     assert "p99ok" in s.status["rejectedRevisions"][0]["reason"]
 
@@ -423,3 +436,154 @@ def test_steady_state_is_quiet() -> None:
     d = s.tick(5)  # no analysis due: nothing to change or say
     assert s.status == before
     assert len(s.events) == seen and d.events == ()
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def test_one_checks_nodata_neither_breaks_nor_extends_anothers_streak() -> None:
+    # Issue 11: failures of different checks in alternate runs added up to failureLimit
+    # (and another check's noData kept a streak alive). Each window check counts its own.
+    custom = [
+        {"name": "a", "query": "a", "min": 1},
+        {"name": "b", "query": "b", "min": 1},
+    ]
+    s = healthy_v1(metrics={"custom": custom})
+    s.custom = {"a": 0.0, "b": 1.0}
+    start_canary(s)
+    s.tick(30)
+    s.custom = {"b": 0.0}  # a: noData, b: fail
+    s.tick(30)
+    assert s.phase != "RolledBack"
+    assert s.status["analysis"]["failureStreaks"] == {"a": 1, "b": 1}
+    s.custom = {"a": 1.0, "b": 0.0}  # a passes (its streak ends), b fails again
+    s.tick(30)
+    assert s.phase == "RolledBack"
+    assert "(b)" in s.status["rejectedRevisions"][0]["reason"]
+
+
+def test_a_canary_whose_process_is_gone_is_rolled_back_at_once() -> None:
+    # Issue 11: a killed canary was rolled back only when progressDeadline ran out (~77 s).
+    s = healthy_v1()
+    start_canary(s)
+    s.tick(30)
+    s.gone = {"v2"}
+    s.tick(5)
+    assert s.phase == "RolledBack"
+    assert "gone" in s.status["rejectedRevisions"][0]["reason"]
+
+
+def test_a_canary_that_is_merely_not_ready_still_gets_its_deadline() -> None:
+    s = healthy_v1()
+    start_canary(s)
+    s.not_ready = {"v2"}
+    s.run(60, every=5)
+    assert s.phase == "Progressing"
+
+
+def test_one_percent_errors_against_none_is_rolled_back_not_promoted() -> None:
+    # Issue 11: `1/113 vs stable 0/488 ... Fisher p=0.188` passed: absence of evidence
+    # counted as a pass. Now such a window is inconclusive, and errors accumulate.
+    s = healthy_v1()
+    s.stable = TrackTraffic(requests=488)
+    s.canary = TrackTraffic(requests=113, errors=1)
+    start_canary(s)
+    s.run(120)
+    assert s.phase == "Progressing" and s.status["currentStep"] == 0  # not promoted
+    s.stable = TrackTraffic(requests=4500)
+    s.canary = TrackTraffic(requests=500, errors=5)
+    s.tick(30)
+    assert s.phase == "RolledBack"
+    reason = s.status["rejectedRevisions"][0]["reason"]
+    assert "errorRateVsStable" in reason and "e-value" in reason and "5/500" in reason
+
+
+def test_inconclusive_step_holds_with_a_warning_at_its_deadline() -> None:
+    # Issue 11: at 1 request/s a step held 240 s with no warning and no limit.
+    s = healthy_v1(stepDeadline="2m")
+    s.stable = TrackTraffic(requests=100)
+    s.canary = TrackTraffic(requests=20)
+    start_canary(s)
+    s.run(90)
+    assert "AnalysisInconclusive" not in [e.reason for e in s.events if e.type == "Warning"]
+    s.run(60)
+    warnings = [e for e in s.events if e.type == "Warning" and e.reason == "AnalysisInconclusive"]
+    assert len(warnings) == 1 and "more requests" in warnings[0].message
+    assert s.phase == "Progressing" and "stepDeadline" in s.status["message"]
+    s.run(120)  # warned once, still holding
+    assert [e.reason for e in s.events].count("AnalysisInconclusive") >= 1
+    assert (
+        sum(1 for e in s.events if e.type == "Warning" and e.reason == "AnalysisInconclusive") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "phase"), [("rollback", "RolledBack"), ("promote", "Progressing")]
+)
+def test_on_inconclusive_decides_at_the_step_deadline(policy: str, phase: str) -> None:
+    s = healthy_v1(stepDeadline="1m", onInconclusive=policy)
+    s.stable = TrackTraffic(requests=100)
+    s.canary = TrackTraffic(requests=20)
+    start_canary(s)
+    s.run(60)
+    assert s.phase == phase
+    if policy == "promote":
+        assert s.status["currentStep"] == 1  # passed the step anyway, with a Warning
+        assert "AnalysisInconclusive" in s.reasons()
+
+
+def test_a_pass_needs_min_samples_requests_at_the_step_not_rows() -> None:
+    # Issue 11: 8-row batches were judged after 13 requests (104 rows >= minSamples 100).
+    s = healthy_v1(
+        metrics={
+            "predictionDrift": {},
+            "errorRate": {"maxIncrease": 0.5},
+            "latency": {"enabled": False},
+        }
+    )
+    bins = {"0": 52.0, "1": 52.0}
+    s.stable = TrackTraffic(requests=5000, prediction_bins={"0": 2500.0, "1": 2500.0})
+    s.canary = TrackTraffic(requests=13, prediction_bins=bins)
+    start_canary(s)
+    s.run(90)
+    assert s.status["currentStep"] == 0
+
+
+def test_wrong_answers_with_right_marginals_are_rolled_back_without_labels() -> None:
+    # Issue 11: a canary disagreeing with stable on 41% of rows but with the same positive
+    # rate was promoted (prediction PSI 0.002-0.03).
+    s = Scenario(
+        {
+            **spec(metrics={"predictionDrift": {}, "agreement": {"min": 0.95}}),
+            "traffic": {"agreement": {"percent": 10}},
+        },
+        T0,
+    )
+    s.healthy_traffic()
+    s.tick()
+    bins = {"0": 700.0, "1": 300.0}
+    s.stable = TrackTraffic(requests=5000, prediction_bins=bins)
+    s.canary = TrackTraffic(
+        requests=500, prediction_bins=bins, agreement={"agree": 59, "disagree": 41}
+    )
+    start_canary(s)
+    s.tick(30)
+    assert s.phase == "RolledBack"
+    assert "agreement" in s.status["rejectedRevisions"][0]["reason"]
+
+
+def test_evidence_carries_across_steps() -> None:
+    # The split test's e-value at the end of a step multiplies into the next step's.
+    s = healthy_v1(metrics={"errorRate": {"maxIncrease": 0.05}})
+    s.stable = TrackTraffic(requests=9000, errors=9)
+    s.canary = TrackTraffic(requests=5000, errors=12)
+    start_canary(s)
+    s.tick(30)
+    assert s.status["currentStep"] == 1
+    carried = s.status["analysis"]["carriedEvidence"]["errorRateVsStable"]
+    assert carried > 0
+    vs = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRateVsStable")
+    assert vs["logEvidence"] == pytest.approx(vs["stepLogEvidence"])
+    s.tick(30)
+    vs = next(v for v in s.status["analysis"]["verdicts"] if v["check"] == "errorRateVsStable")
+    assert vs["logEvidence"] == pytest.approx(carried + vs["stepLogEvidence"])

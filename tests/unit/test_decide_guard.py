@@ -9,7 +9,7 @@ import pytest
 from mlrollout.operator.decide import guard
 from mlrollout.operator.k8s_runtime import stale_guard
 from mlrollout.operator.model import ModelDeploymentSpec
-from mlrollout.services.router.table import parse_table
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 from tests.doubles.decide import Scenario
 
@@ -131,16 +131,27 @@ def test_the_routers_parser_accepts_what_the_operator_writes() -> None:
     }
     table = routing_table(DeploymentKey("default", "fraud"), s.last, states)
     assert table is not None
-    parsed = parse_table(table)
+    parsed = parse_table(table.to_doc())  # what the router process reads
+    assert parsed == table
     assert parsed.guard is not None and parsed.guard.alpha == pytest.approx(0.005)
     assert parsed.agreement is not None and parsed.agreement.source == "stable"
 
 
+def _routes(canary: dict[str, str] | None) -> RoutingTable:
+    backends = {"stable": {"version": "v1", "url": "http://s"}}
+    weights = {"stable": 100}
+    if canary is not None:
+        backends["canary"], weights = canary, {"stable": 90, "canary": 10}
+    doc = {"generation": 1, "deployment": "d", "backends": backends, "weights": weights}
+    return parse_table(doc)
+
+
 def test_stale_guard_reports_are_recognised() -> None:
     trip = {"trip": {"canaryVersion": "v2", "canaryUrl": "http://a"}}
-    table = {"backends": {"canary": {"version": "v2", "url": "http://a"}}}
+    table = _routes({"version": "v2", "url": "http://a"})
     assert not stale_guard(trip, table)
-    assert stale_guard(trip, {"backends": {"canary": {"version": "v3", "url": "http://b"}}})
-    assert stale_guard(trip, {"backends": {"stable": {"version": "v1", "url": "http://s"}}})
+    assert stale_guard(trip, _routes({"version": "v3", "url": "http://b"}))
+    assert stale_guard(trip, _routes(None))
     assert not stale_guard(None, table)
-    assert stale_guard({"state": "watching"}, {"backends": {}})
+    assert stale_guard({"state": "watching"}, _routes(None))
+    assert not stale_guard({"state": "watching"}, table)

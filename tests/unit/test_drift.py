@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlrollout.services.drift import (
-    DriftCollector,
     DriftMonitor,
     DriftSnapshot,
     g_test,
@@ -23,6 +22,7 @@ from mlrollout.services.drift import (
     pool_bins,
     psi,
 )
+from mlrollout.services.metrics import DriftCollector
 from mlrollout.services.profile import Profile, bin_numeric, build_profile, load_profile
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -18,6 +18,7 @@ from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec, Re
 from mlrollout.operator.model import Traffic
 from mlrollout.operator.reconcile import ReconcileResult, load_status
 from mlrollout.operator.settings import OperatorSettings
+from mlrollout.services.router.table import RoutingTable
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -39,12 +40,12 @@ class FakeRuntime:
 
 class FakeRouter:
     def __init__(self) -> None:
-        self.table: dict[str, Any] | None = None
+        self.table: RoutingTable | None = None
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         self.table = table
 
-    def get_routes(self) -> dict[str, Any] | None:
+    def get_routes(self) -> RoutingTable | None:
         return self.table
 
     def guard_report(self) -> dict[str, Any] | None:
@@ -402,7 +403,7 @@ def test_first_reconcile_starts_the_stable_revision_and_routes_to_it() -> None:
     (wanted,) = {tuple(c) for c in plugins.runtimes[0].calls}
     assert len(wanted) == 1
     assert plugins.routers[0].table is not None
-    assert plugins.routers[0].table["weights"] == {"stable": 100}
+    assert plugins.routers[0].table.weights == {"stable": 100}
     assert patch["status"]["observedGeneration"] == 3
 
 
@@ -417,3 +418,22 @@ def test_phase_change_explained_by_no_engine_event_still_gets_one() -> None:
         deps, body=body(PROGRESSING), patch=kopf.Patch(), emit=events.append, reason="timer"
     )
     assert events == [Event(type="Normal", reason="Paused", message="phase Progressing -> Paused")]
+
+
+def test_decision_events_reach_the_notifier_and_its_failure_costs_nothing() -> None:
+    told: list[tuple[DeploymentKey, dict[str, Any], tuple[Event, ...]]] = []
+    engine_event = Event(type="Normal", reason="Promoted", message="2 is now stable")
+    deps, _, _ = make_deps(Scripted(result(PROMOTED, events=(engine_event,))))
+    deps.notify = lambda key, spec, events, now: told.append((key, dict(spec), tuple(events)))
+    patch = kopf.Patch()
+    h.reconcile_object(deps, body=body(PROGRESSING), patch=patch, emit=[].append, reason="timer")
+    assert told == [(DeploymentKey("ml", "fraud"), body()["spec"], (engine_event,))]
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("endpoint down")
+
+    deps, _, _ = make_deps(Scripted(result(PROMOTED, events=(engine_event,))))
+    deps.notify = broken
+    patch = kopf.Patch()
+    h.reconcile_object(deps, body=body(PROGRESSING), patch=patch, emit=[].append, reason="timer")
+    assert patch.status["phase"] == "Healthy"  # the status is still written

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from mlrollout.operator.local.router import FileRouter
-from mlrollout.services.router.table import TableError
+from mlrollout.services.router.table import RoutingTable, TableError, parse_table
 
 
-def _table(generation: int, canary: int = 0) -> dict:
+def _doc(generation: int, canary: int = 0) -> dict:
     backends = {"stable": {"url": "http://127.0.0.1:8001", "version": "v1"}}
     weights = {"stable": 100 - canary}
     if canary:
@@ -26,6 +26,10 @@ def _table(generation: int, canary: int = 0) -> dict:
     }
 
 
+def _table(generation: int, canary: int = 0) -> RoutingTable:
+    return parse_table(_doc(generation, canary))
+
+
 def test_round_trip_and_no_temp_files_left(tmp_path: Path) -> None:
     router = FileRouter(tmp_path / "run" / "table.json")
     assert router.get_routes() is None
@@ -38,10 +42,10 @@ def test_round_trip_and_no_temp_files_left(tmp_path: Path) -> None:
 def test_invalid_table_is_refused_and_the_file_kept(tmp_path: Path) -> None:
     router = FileRouter(tmp_path / "table.json")
     router.set_routes(_table(1))
-    bad = _table(2, canary=10)
+    bad = _doc(2, canary=10)
     bad["weights"] = {"stable": 70, "canary": 10}  # does not add up to 100
     with pytest.raises(TableError):
-        router.set_routes(bad)
+        router.set_routes(parse_table(bad))
     assert router.get_routes() == _table(1)
 
 

@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 from mlrollout.operator.local.router import FileRouter
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 
-def table(generation: int) -> dict[str, Any]:
-    return {
+def table(generation: int) -> RoutingTable:
+    return parse_table({
         "generation": generation,
         "deployment": "d",
         "backends": {"stable": {"url": "http://127.0.0.1:1", "version": "v1"}},
         "weights": {"stable": 100},
-    }
+    })  # fmt: skip
 
 
 class FakeRouter:

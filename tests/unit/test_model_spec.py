@@ -50,6 +50,11 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "a step with weight 0 needs traffic.shadowPercent > 0",
     ),
     (
+        with_(notifications={"webhooks": [{"url": "http://127.0.0.1:9/h", "timeout": "2m"}]}),
+        "timeout must be in (0s, 30s]",
+        "timeout must be in (0s, 30s]",
+    ),
+    (
         with_(traffic={"router": "gatewayAPI"}),
         "gateway is required",
         "gateway is required when router is gatewayAPI",
@@ -75,6 +80,17 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         ),
         "traffic.agreement needs the builtin router",
         "agreement needs the builtin router",
+    ),
+    (
+        with_(
+            traffic={
+                "router": "gatewayAPI",
+                "gateway": {"parentRefs": [{"name": "gw"}]},
+                "trackHeader": "weighted",
+            }
+        ),
+        "traffic.trackHeader needs the builtin router",
+        "trackHeader needs the builtin router",
     ),
     (with_(traffic={"agreement": {"percent": 101}}), "less than or equal to 100", None),
     (with_(traffic={"agreement": {"source": "both"}}), "'canary' or 'stable'", None),
@@ -108,6 +124,18 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "window must be longer than 0s",
     ),
     (
+        with_(rollout={"analysis": {"stepDeadline": "0s"}}),
+        "analysis.stepDeadline must be longer than 0s",
+        "stepDeadline must be longer than 0s",
+    ),
+    # The agreement gate tests rows the router mirrors: without mirroring it would hold
+    # every step for ever.
+    (
+        with_(rollout={"analysis": {"metrics": {"agreement": {"min": 0.9}}}}),
+        "needs traffic.agreement.percent > 0",
+        "the agreement gate needs traffic.agreement.percent > 0",
+    ),
+    (
         with_(rollout={"analysis": {"maxStaleness": "0m"}}),
         "analysis.maxStaleness must be longer than 0s",
         "maxStaleness must be longer than 0s",
@@ -119,10 +147,18 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
     ),
     (with_(rollout={"steps": [{"weight": 101}]}), "less than or equal to 100", None),
     (with_(rollout={"steps": []}), "at least 1 item", None),
-    (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "pattern", None),
-    (with_(rollout={"analysis": {"interval": "30 seconds"}}), "pattern", None),
     (with_(model={**MODEL, "sha256": "abc"}), "pattern", None),
     (with_(serving={"replica": 2}), "Extra inputs are not permitted", None),
+    # Issue 13: a bad duration says what to write, not the regex.
+    (with_(rollout={"analysis": {"interval": "30 seconds"}}), "use e.g. 30s, 5m, 1h30m", None),
+    (with_(rollout={"progressDeadline": "10min"}), "use e.g. 30s, 5m, 1h30m", None),
+    (with_(rollout={"steps": [{"weight": 10, "pause": "soon"}]}), "or 'manual'", None),
+    (with_(notifications={"webhooks": [{"url": "ftp://x"}]}), "pattern", None),
+    (
+        with_(notifications={"webhooks": [{"url": "http://x", "events": ["started"]}]}),
+        "'rolloutStarted', 'promoted', 'rolledBack' or 'stableDrift'",
+        None,
+    ),
     ({"model": {"name": "fraud"}}, "Field required", None),
     (
         with_(rollout={"analysis": {"onProviderError": {"action": "ignore"}}}),
@@ -291,6 +327,7 @@ def _cel_failures(raw: dict[str, Any]) -> set[str]:
     }
 
 
+
 @pytest.mark.parametrize(("raw", "cel"), [(raw, cel) for raw, _, cel in BAD if cel is not None])
 def test_cel_rule_rejects_what_the_validator_rejects(raw: dict[str, Any], cel: str) -> None:
     assert cel in _cel_failures(raw)
@@ -331,3 +368,9 @@ def test_named_lists_are_list_maps_in_the_crd() -> None:
         assert field["x-kubernetes-list-type"] == "map"
         assert field["x-kubernetes-list-map-keys"] == ["name"]
         assert "name" in field["items"]["required"]
+
+
+def test_a_bad_duration_never_shows_the_regex() -> None:
+    with pytest.raises(ValidationError) as info:
+        m.ModelDeploymentSpec.model_validate(with_(rollout={"analysis": {"window": "2 min"}}))
+    assert "should match pattern" not in str(info.value)

@@ -177,3 +177,16 @@ def test_fast_and_slow_paths_agree_on_arbitrary_rows(rows: list[list[object]]) -
     else:
         with pytest.raises(InputError):
             NUMERIC.parse(body)
+
+
+def test_a_misspelled_feature_is_unknown_with_the_closest_name() -> None:
+    """Issue 13: `alcohl` was reported only as "alcohol is missing"."""
+    wine = Validator([Feature(n, "numeric") for n in ("alcohol", "ash", "hue")])
+    with pytest.raises(InputError) as info:
+        wine.parse(b'[{"alcohl": 13.1, "ash": 2.3, "hue": 1.0}]')
+    err = info.value
+    assert (err.reason, err.field) == (Reason.UNKNOWN_FEATURE, "alcohl")
+    assert "unknown feature 'alcohl' (did you mean 'alcohol'?)" in err.message
+    with pytest.raises(InputError) as info:
+        wine.from_columns({"alcohl": [1.0], "ash": [1.0], "hue": [1.0]})
+    assert "did you mean 'alcohol'?" in info.value.message

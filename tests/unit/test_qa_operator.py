@@ -324,49 +324,54 @@ def test_prediction_drift_does_not_hold_a_full_weight_step_forever() -> None:
     )
     s.healthy_traffic()
     s.tick()
-    bins = {"0": 500.0, "1": 500.0}
-    s.stable = TrackTraffic(requests=1000, prediction_bins=bins)
-    s.canary = TrackTraffic(requests=1000, prediction_bins=bins)
+    bins = {"0": 5000.0, "1": 5000.0}
+    s.stable = TrackTraffic(requests=5000, prediction_bins=bins)
+    s.canary = TrackTraffic(requests=5000, prediction_bins=bins)
     s.set_model("v2")
     s.tick()
     s.tick(30)
     assert s.status["currentStep"] == 1
-    s.stable = TrackTraffic()  # 100% canary: stable serves nothing any more
+    # 100% canary: stable serves nothing at this step (its predictions since the rollout
+    # began still count).
+    s.stable = TrackTraffic(prediction_bins=bins)
     s.run(120)
     assert s.phase == "Healthy" and s.status["stable"]["version"] == "v2"
-    (verdict,) = [v for v in s.status["analysis"]["verdicts"] if v["check"] == "predictionDrift"]
-    assert verdict["outcome"] == "pass" and "too few" in verdict["message"]
+    verdicts = {v["check"]: v for v in s.status["analysis"]["verdicts"]}
+    assert verdicts["predictionDrift"]["outcome"] == "pass"
+    assert verdicts["latency"]["outcome"] == "pass"
+    assert "stable served no requests at this step" in verdicts["latency"]["message"]
+
+
+def _prediction_verdict(results: dict[str, Any]) -> Any:
+    from mlrollout.operator.decide import checks
+    from mlrollout.operator.model import Analysis
+
+    cfg = Analysis.model_validate({"metrics": {"predictionDrift": {}}})
+    ctx = checks.Context(cfg, "fraud", "default", "v1", "v2")
+    return checks.PredictionDrift().judge(ctx, results, checks.Risk(0.01, 0.05))
 
 
 def test_prediction_drift_still_needs_canary_predictions() -> None:
     from mlrollout.operator import queries as q
-    from mlrollout.operator.decide import analysis
-    from mlrollout.operator.model import Analysis
 
-    cfg = Analysis.model_validate({"metrics": {"predictionDrift": {}}})
     few = [Sample(labels={"bin": "0"}, value=5.0)]
     many = [Sample(labels={"bin": "0"}, value=500.0)]
     canary_few = {
         q.PREDICTION_BINS.format(track="canary"): few,
         q.PREDICTION_BINS.format(track="stable"): many,
     }
-    assert analysis._prediction_drift(cfg, canary_few).outcome == "noData"
+    assert _prediction_verdict(canary_few).outcome == "inconclusive"  # never a pass
 
 
 def test_prediction_drift_holds_when_a_busy_stable_exports_no_predictions() -> None:
     from mlrollout.operator import queries as q
-    from mlrollout.operator.decide import analysis
-    from mlrollout.operator.model import Analysis
 
-    cfg = Analysis.model_validate({"metrics": {"predictionDrift": {}}})
     results = {
         q.PREDICTION_BINS.format(track="canary"): [Sample(labels={"bin": "0"}, value=500.0)],
         q.PREDICTION_BINS.format(track="stable"): [],
-        q.REQUESTS.format(track="stable"): [Sample(labels={}, value=5000.0)],
-        q.ERRORS.format(track="stable"): [],
     }
-    verdict = analysis._prediction_drift(cfg, results)
-    assert verdict.outcome == "noData" and "holding" in verdict.message
+    verdict = _prediction_verdict(results)
+    assert verdict.outcome == "noData" and "nothing to compare" in verdict.message
 
 
 def test_model_servers_download_into_the_cache_volume(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlrollout.operator import queries as q
+from mlrollout.operator.decide import checks
 from mlrollout.operator.model import Analysis
 
 FULL = Analysis.model_validate(
@@ -19,6 +20,7 @@ FULL = Analysis.model_validate(
             "inputDrift": {},
             "predictionDrift": {},
             "feedbackAccuracy": {},
+            "agreement": {},
             "custom": [
                 {
                     "name": "rps",
@@ -33,7 +35,9 @@ FULL = Analysis.model_validate(
 
 
 def _all() -> dict[str, str]:
-    out = q.analysis_queries(FULL, "fraud", "team-a", "v1", "v2")
+    out = checks.analysis_queries(
+        FULL, "fraud", "team-a", "v1", "v2", step_seconds=42.3, rollout_seconds=90
+    )
     out.update(q.stable_drift_queries("fraud", "team-a", "v1"))
     return out
 
@@ -50,25 +54,53 @@ def test_every_metric_query_selects_deployment_namespace_version_never_track() -
 
 def test_canary_and_stable_queries_differ_only_in_version() -> None:
     qs = _all()
-    for kind in ("requests", "errors", "latency", "inputPsi", "predictionBins", "feedback"):
-        stable, canary = qs[f"{kind}.stable"], qs[f"{kind}.canary"]
+    for kind in (
+        "requests.{}@step",
+        "requests.{}@rollout",
+        "errors.{}@step",
+        "latency.{}",
+        "inputPsi.{}",
+        "predictionBins.{}",
+        "feedback.{}",
+    ):
+        stable, canary = qs[kind.format("stable")], qs[kind.format("canary")]
         assert stable.replace('version="v1"', 'version="v2"') == canary
 
 
-def test_window_is_whole_seconds() -> None:
-    assert "[90s]" in _all()["requests.canary"]
+def test_counts_are_cumulative_since_the_step_or_the_rollout_began() -> None:
+    # Issue 11: the last step was judged on a window that was mostly the previous step's
+    # traffic. Counts at a step start at the step (rounded up to whole seconds); properties
+    # that do not depend on the weight pool the whole rollout.
+    qs = _all()
+    for name in ("requests.canary@step", "errors.stable@step", "latency.canary"):
+        assert "[43s]" in qs[name], name
+    for name in (
+        "requests.canary@rollout",
+        "predictionBins.canary",
+        "feedback.stable",
+        "agreement",
+    ):
+        assert "[90s]" in qs[name], name
     assert q.promql_duration("250ms") == "1s"
+
+
+def test_agreement_reads_the_routers_mirrored_comparisons() -> None:
+    promql = _all()["agreement"]
+    assert promql.startswith("sum by (result) (increase(mlrollout_router_agreement_total{")
+    assert 'version="v2"' in promql
 
 
 def test_only_enabled_checks_are_queried() -> None:
     minimal = Analysis.model_validate({"metrics": {"latency": {"enabled": False}}})
-    names = set(q.analysis_queries(minimal, "d", "n", "v1", "v2"))
+    names = set(checks.analysis_queries(minimal, "d", "n", "v1", "v2"))
     assert names == {
         "freshness",
-        "requests.stable",
-        "requests.canary",
-        "errors.stable",
-        "errors.canary",
+        *(
+            f"{k}.{t}@{s}"
+            for k in ("requests", "errors")
+            for t in ("stable", "canary")
+            for s in ("step", "rollout")
+        ),
     }
 
 

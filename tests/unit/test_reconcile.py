@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import queries as q
+from mlrollout.operator.decide import checks
 from mlrollout.operator.interfaces import DeploymentKey, Event, RoutesChanged
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.services.router.table import RoutingTable, parse_table
 
 from tests.doubles.decide import (
     FakeMetrics,
@@ -21,7 +23,7 @@ from tests.doubles.decide import (
 
 KEY = DeploymentKey("team-a", "fraud")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-HEALTHY = TrackTraffic(requests=1000, errors=1)
+HEALTHY = TrackTraffic(requests=5000, errors=1)
 
 
 def spec(version: str = "v1", **rollout: Any) -> dict[str, Any]:
@@ -43,7 +45,7 @@ class Loop:
 
     def feed(self, raw: dict[str, Any], stable: str, canary: str, traffic: TrackTraffic) -> None:
         analysis = ModelDeploymentSpec.model_validate(raw).rollout.analysis
-        planned = q.analysis_queries(analysis, KEY.name, KEY.namespace, stable, canary)
+        planned = checks.analysis_queries(analysis, KEY.name, KEY.namespace, stable, canary)
         planned.update(q.stable_drift_queries(KEY.name, KEY.namespace, stable))
         self.metrics.load(planned, results_for(planned, HEALTHY, traffic))
 
@@ -144,6 +146,7 @@ def test_offline_provider_is_not_queried_and_holds() -> None:
     loop.metrics.calls.clear()
     loop.metrics.online = False
     loop.feed(spec("v2"), "v1", "v2", HEALTHY)
+    loop.run(spec("v2"))  # the canary's step starts: nothing to judge yet
     result = loop.run(spec("v2"))
     assert loop.metrics.calls == []
     verdicts = result.status["analysis"]["verdicts"]
@@ -158,10 +161,11 @@ def test_a_failing_query_is_a_provider_error_not_a_crash() -> None:
     loop.feed(spec("v2"), "v1", "v2", HEALTHY)
     raw = spec("v2")
     analysis = ModelDeploymentSpec.model_validate(raw).rollout.analysis
-    planned = q.analysis_queries(analysis, KEY.name, KEY.namespace, "v1", "v2")
+    planned = checks.analysis_queries(analysis, KEY.name, KEY.namespace, "v1", "v2")
     loop.metrics.load(
         planned, results_for(planned, HEALTHY, HEALTHY, failing=frozenset({"latency.canary"}))
     )
+    loop.run(raw)  # the canary's step starts: nothing to judge yet
     result = loop.run(raw)
     outcomes = {v["check"]: v["outcome"] for v in result.status["analysis"]["verdicts"]}
     assert outcomes["latency"] == "providerError" and outcomes["errorRate"] == "pass"
@@ -169,7 +173,12 @@ def test_a_failing_query_is_a_provider_error_not_a_crash() -> None:
 
 def test_generation_continues_from_the_table_in_force() -> None:
     loop = Loop()
-    loop.router.table = {"generation": 41, "deployment": "fraud", "weights": {"stable": 100}}
+    loop.router.table = {
+        "generation": 41,
+        "deployment": "fraud",
+        "backends": {"stable": {"url": "http://elsewhere", "version": "v0"}},
+        "weights": {"stable": 100},
+    }
     result = loop.run(spec())
     assert loop.router.table is not None and loop.router.table["generation"] == 42
     assert result.status["routingGeneration"] == 42
@@ -182,11 +191,11 @@ class RacedRouter(FakeRouter):
         super().__init__()
         self.races = races
 
-    def set_routes(self, table: dict[str, Any]) -> None:
+    def set_routes(self, table: RoutingTable) -> None:
         if self.races > 0:
             self.races -= 1
-            gen = int((self.table or {}).get("generation", 0)) + 10
-            theirs = dict(table, generation=gen, weights={"stable": 99})
+            gen = (self.routes.generation if self.routes else 0) + 10
+            theirs = parse_table({**table.to_doc(), "generation": gen, "deployment": "theirs"})
             FakeRouter.set_routes(self, theirs)
             raise RoutesChanged("the routing table changed since it was read")
         super().set_routes(table)

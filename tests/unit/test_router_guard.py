@@ -190,3 +190,34 @@ def test_which_requests_are_mirrored(
 ) -> None:
     table = parse_table(doc(agreement=agreement, shadowPercent=shadow))
     assert should_shadow(table, track, rand) is expected  # type: ignore[arg-type]
+
+
+def test_a_trip_reported_elsewhere_is_adopted_for_the_same_canary_only() -> None:
+    first = guard_for()
+    for _ in range(3):
+        first.observe("canary", "server_error", 5.0)
+    report = first.report()
+    replica = guard_for()
+    assert replica.adopt(report)
+    trip = replica.report()["trip"]
+    assert trip["adopted"] is True and trip["test"] == "errors" and trip["at"] == 5.0
+    assert replica.effective(parse_table(doc())).weights["canary"] == 0
+    assert not replica.adopt(report)  # already tripped
+    other = Guard()
+    other.table_applied(parse_table(doc(backends={**BASE["backends"], "canary": {
+        "url": "http://127.0.0.1:8002", "version": "v3"}})))  # fmt: skip
+    assert not other.adopt(report)
+    for junk in (None, [], {"trip": "x"}, {"state": "watching"}):
+        assert not guard_for().adopt(junk)
+
+
+def test_an_answer_is_judged_at_the_share_it_was_routed_with() -> None:
+    # Routed at 50 %, answered after the weight fell to 10 %: judged at 50 % (three canary
+    # errors are then no evidence yet), not at 10 % (where three would trip).
+    guard = guard_for(weights={"stable": 50, "canary": 50})
+    routed = guard.share()
+    assert routed == pytest.approx(0.5)
+    guard.table_applied(parse_table(doc(generation=2)))
+    for _ in range(3):
+        assert not guard.observe("canary", "server_error", 0.0, routed)
+    assert not guard.tripped

@@ -100,6 +100,19 @@ def test_dev_until_decided_with_the_cli_steering_a_local_run(
     run = json.loads((run_dir / "run.json").read_text())
     assert run["running"] is False and run["file"] == str(path.resolve())
 
+    # Resuming the same file: the saved stable restarts and is waited for, so the run is
+    # still decided healthy (issue 13: every resume printed `Warning: StableNotReady`,
+    # and the first decision saw a Degraded stable).
+    again = subprocess.run(
+        [*dev, "--until-decided", "--max-duration", "180"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "StableNotReady" not in again.stdout and "Degraded" not in again.stdout
+
     # 2. A canary with a manual pause: dev resumes (no false StableNotReady), the CLI
     #    sees it, promotes it by editing the file; dev exits 0 once it is promoted.
     steps = [{"weight": 50, "pause": "manual"}]

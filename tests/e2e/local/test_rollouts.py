@@ -48,20 +48,43 @@ def test_good_canary_is_promoted(stack: Stack) -> None:
     assert outcome_of(status, "v2") == "promoted", _history_reason(status, "v2")
     assert status["stable"]["version"] == "v2" and not status.get("canary")
     table = stack.session.router.get_routes()
-    assert table is not None and table["weights"] == {"stable": 100}
-    assert table["backends"]["stable"]["version"] == "v2"
+    assert table is not None and table.weights == {"stable": 100}
+    assert table.backends["stable"].version == "v2"
     # the canary walked both steps before promotion
     weights = [e.weights.get("canary", 0) for e in stack.session.timeline.entries]
     assert 30 in weights and 60 in weights
 
 
+# The operator's own analysis, without the router guard (which would act first).
+NO_GUARD = {"guard": {"enabled": False}}
+
+
 def test_canary_with_injected_errors_is_rolled_back(stack: Stack) -> None:
     uri = variant(stack.examples, "v2", "v2-faulty")
-    stack.rollout("v2-faulty", uri, env={"MLROLLOUT_FAULT_ERROR_RATE": "0.5"})
+    env = {"MLROLLOUT_FAULT_ERROR_RATE": "0.5"}
+    stack.rollout("v2-faulty", uri, env=env, traffic=NO_GUARD)
     status = stack.drive(finished("v2-faulty"), 150, "v2-faulty outcome")
     assert outcome_of(status, "v2-faulty") == "rolledBack"
     assert "errorRate" in _history_reason(status, "v2-faulty")
-    assert stack.session.router.get_routes()["weights"] == {"stable": 100}
+    table = stack.session.router.get_routes()
+    assert table is not None and table.weights == {"stable": 100}
+
+
+def test_router_guard_takes_a_failing_canary_off_and_the_operator_records_it(
+    stack: Stack,
+) -> None:
+    # The default spec: the router guard is on. The router takes the canary to weight 0
+    # at its guard's crossing; the operator reads the trip from GET /-/table and records it.
+    uri = variant(stack.examples, "v2", "v2-guarded")
+    stack.rollout("v2-guarded", uri, env={"MLROLLOUT_FAULT_ERROR_RATE": "0.5"})
+    status = stack.drive(finished("v2-guarded"), 60, "v2-guarded outcome")
+    assert outcome_of(status, "v2-guarded") == "rolledBack"
+    assert _history_reason(status, "v2-guarded").startswith("router guard: canary v2-guarded")
+    verdicts = status["analysis"]["verdicts"]
+    assert [v["check"] for v in verdicts] == ["routerGuard"]
+    assert verdicts[0]["value"] >= verdicts[0]["threshold"]
+    table = stack.session.router.get_routes()
+    assert table is not None and table.weights == {"stable": 100}
 
 
 def test_drifting_canary_is_rolled_back(stack: Stack) -> None:
@@ -77,7 +100,9 @@ def test_killed_canary_loses_no_request_and_is_rolled_back(stack: Stack) -> None
     uri = variant(stack.examples, "v1", "v1-killed")
     # A long pause: the canary is still mid-rollout (at 50 %) when it is killed.
     steps = [{"weight": 50, "pause": "10m"}]
-    stack.rollout("v1-killed", uri, steps=steps, progress_deadline="15s")
+    # Without the router guard: this checks the engine's own handling of a dead process
+    # (with the guard, the unreachable answers would trip it first).
+    stack.rollout("v1-killed", uri, steps=steps, progress_deadline="15s", traffic=NO_GUARD)
     stack.drive(
         lambda st: (st.get("weights") or {}).get("canary", 0) == 50, 120, "canary taking traffic"
     )
@@ -94,7 +119,8 @@ def test_killed_canary_loses_no_request_and_is_rolled_back(stack: Stack) -> None
     status = stack.drive(finished("v1-killed"), 90, "killed canary outcome")
     report = stop_loadgen(session, probe, report_path)
     assert outcome_of(status, "v1-killed") == "rolledBack"
-    assert "progressDeadline" in _history_reason(status, "v1-killed")
+    # Issue 11: rolled back at once (the process is gone), not at progressDeadline.
+    assert "gone" in _history_reason(status, "v1-killed")
     assert report["sent"] > 100
     assert report["failed"] == 0, report
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlrollout.services.metrics import LATENCY_BUCKETS
 from mlrollout.services.netutil import free_port
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -38,7 +39,7 @@ class _Series:
 class FakeModelServers(Collector):
     """Counters that grow in a background thread as real model servers' would."""
 
-    BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+    BUCKETS = LATENCY_BUCKETS  # the model server's layout (fine enough for a 1.5x gate)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,8 +99,8 @@ class FakeModelServers(Collector):
                 requests.add_metric([*lv, "predict", "ok"], s.requests_ok)
                 requests.add_metric([*lv, "predict", "server_error"], s.requests_err)
                 total = s.requests_ok + s.requests_err
-                # Every request takes ~8 ms: all of them fall in the 0.01 bucket.
-                buckets = [(str(b), 0.0 if b < 0.01 else total) for b in self.BUCKETS]
+                # Every request takes ~8 ms: all of them fall in the bucket holding 0.008.
+                buckets = [(str(b), 0.0 if b < 0.008 else total) for b in self.BUCKETS]
                 latency.add_metric([*lv, "predict"], [*buckets, ("+Inf", total)], total * 0.008)
                 for i, value in enumerate(s.bins):
                     bins.add_metric([*lv, str(i)], value)

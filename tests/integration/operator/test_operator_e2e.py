@@ -31,7 +31,7 @@ def md_body(namespace: str, version: str, **analysis: Any) -> dict[str, Any]:
         "minSamples": 20,
         "failureLimit": 1,
         "maxStaleness": "30s",
-        "metrics": {"predictionDrift": {"maxPsi": 0.2}},
+        "metrics": {"predictionDrift": {"maxPsi": 0.2}, "errorRate": {"maxIncrease": 0.05}},
         **analysis,
     }
     return {

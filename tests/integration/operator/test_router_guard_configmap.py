@@ -24,6 +24,7 @@ from mlrollout.services.router import cli as router_cli
 from mlrollout.services.router.proxy import Reply, Request, Router, RouterConfig
 from mlrollout.services.router.server import start_server
 from mlrollout.services.router.source import ConfigMapSource, KubeAccess
+from mlrollout.services.router.table import parse_table
 
 from tests.doubles.router import FakeBackend
 
@@ -76,7 +77,7 @@ async def test_trip_reaches_the_operator_and_is_cleared_after_the_rollback(clust
         "shadowPercent": 0,
         "guard": {"alpha": 0.005, "maxRatio": 1},
     }
-    await asyncio.to_thread(operator_side.set_routes, table)
+    await asyncio.to_thread(operator_side.set_routes, parse_table(table))
     assert operator_side.guard_report() is None
 
     router = Router(RouterConfig())
@@ -102,11 +103,23 @@ async def test_trip_reaches_the_operator_and_is_cleared_after_the_rollback(clust
         assert trip is not None and trip["test"] == "errors"
         assert guard.verdict(trip).check == "routerGuard"
         # The table is untouched by the router's write.
-        assert await asyncio.to_thread(operator_side.get_routes) == table
+        in_force = await asyncio.to_thread(operator_side.get_routes)
+        assert in_force is not None and in_force.to_doc() == table
 
+        # Another replica (or this router after a restart) adopts the trip from the
+        # ConfigMap as its table source delivers it: the canary is off everywhere.
+        replica = Router(RouterConfig())
+        replica_source = ConfigMapSource(ns, b.routes_configmap_name("m"), KubeAccess(cluster.url))
+        replica_source.on_guard = replica.adopt_trip
+        cm = kube.get("ConfigMap", ns, b.routes_configmap_name("m"))
+        replica_source._deliver(cm, replica.offer, lambda message: None)
+        assert replica.table is not None and replica.guard.tripped
+        assert replica.state()["weights"] == {"stable": 100, "canary": 0}
+        assert replica.guard.report()["trip"]["adopted"] is True
+        await replica.aclose()
         # A table for the same canary (the operator has not acted yet) keeps the report ...
         same = table | {"generation": 2, "weights": {"stable": 80, "canary": 20}}
-        await asyncio.to_thread(operator_side.set_routes, same)
+        await asyncio.to_thread(operator_side.set_routes, parse_table(same))
         assert await asyncio.to_thread(operator_side.guard_report) == report
         # ... the operator's rollback (a table without that canary) clears it.
         rolled_back = {
@@ -116,7 +129,7 @@ async def test_trip_reaches_the_operator_and_is_cleared_after_the_rollback(clust
             "weights": {"stable": 100},
         }
         del rolled_back["guard"]
-        await asyncio.to_thread(operator_side.set_routes, rolled_back)
+        await asyncio.to_thread(operator_side.set_routes, parse_table(rolled_back))
         assert await asyncio.to_thread(operator_side.guard_report) is None
         cm = kube.get("ConfigMap", ns, b.routes_configmap_name("m"))
         assert set(cm["data"]) == {b.TABLE_KEY}

@@ -1,0 +1,147 @@
+"""`kubectl mlrollout` and `kubectl get md` against a real kube-apiserver (TLS, RBAC, the CRD).
+
+Statuses are the engine's own (``tests.doubles.decide.Scenario``) written through the
+status subresource, so the server's schema validates them; the CLI runs as the kubectl
+plugin the real kubectl finds on PATH; the spec changes it makes are fed back to the
+engine, which must do what the CLI said. Also proves the STEP and MESSAGE printer
+columns and the documented `kubectl wait` form on a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.doubles.decide import Scenario
+
+BIN = Path(sys.executable).parent
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "model": {"name": "wine", "version": "v1", "uri": "https://models.test/wine-v1.tar.gz"},
+        "rollout": {
+            "steps": [{"weight": 20}, {"weight": 50}],
+            "analysis": {"interval": "30s", "minSamples": 100},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(md_crd: Any) -> tuple[Any, str]:
+    namespace = f"cli-{uuid.uuid4().hex[:6]}"
+    md_crd.kubectl("create", "namespace", namespace)
+    return md_crd, namespace
+
+
+def write(cp: Any, ns: str, s: Scenario) -> dict[str, Any]:
+    cp.apply(
+        {
+            "apiVersion": "mlrollout.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "wine", "namespace": ns},
+            "spec": s.spec,
+        }
+    )
+    obj = cp.get_json("md", "wine", "-n", ns)
+    status = {**s.status, "observedGeneration": obj["metadata"]["generation"]}
+    status.update({k: None for k in obj.get("status") or {} if k not in status})
+    cp.kubectl(
+        "patch", "md", "wine", "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    return dict(cp.get_json("md", "wine", "-n", ns))
+
+
+def plugin(cp: Any, *args: str) -> Any:
+    env = {**cp.env(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    import subprocess
+
+    return subprocess.run(
+        [str(cp.bin_dir / "kubectl"), "mlrollout", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cp.workdir,  # no .mlrollout here: the cluster is used
+    )
+
+
+def test_kubectl_plugin_get_promote_status_undo_on_a_real_server(
+    cluster: tuple[Any, str],
+) -> None:
+    cp, ns = cluster
+    s = Scenario(spec(), T0)
+    s.healthy_traffic()
+    s.tick()
+    s.set_model("v2", uri="https://models.test/wine-v2.tar.gz")
+    s.tick()
+    s.tick(30)
+    assert s.phase == "Progressing"
+    write(cp, ns, s)
+
+    # Printer columns from the CRD, rendered by the server.
+    table = cp.kubectl("get", "md", "-n", ns).stdout.splitlines()
+    assert table[0].split()[:7] == [
+        "NAME",
+        "PHASE",
+        "STABLE",
+        "CANARY",
+        "STEP",
+        "WEIGHT",
+        "MESSAGE",
+    ]
+    row = table[1].split()
+    step, weight = s.status["step"], s.status["weights"]["canary"]
+    assert row[:6] == ["wine", "Progressing", "v1", "v2", step, str(weight)]
+    assert f"step {step} at {weight}%" in table[1]
+    wide = cp.kubectl("get", "md", "-n", ns, "-o", "wide").stdout.splitlines()[0]
+    assert "STABLE-REVISION" in wide and "CANARY-REVISION" in wide
+
+    got = plugin(cp, "get", "wine", "-n", ns)
+    assert got.returncode == 0, got.stderr
+    assert f"Step:        {step}" in got.stdout and "Canary:      v2  (revision" in got.stdout
+    assert "errorRate" in got.stdout
+
+    promoted = plugin(cp, "promote", "wine", "--full", "-n", ns)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "canary v2 becomes stable" in promoted.stdout
+    obj = cp.get_json("md", "wine", "-n", ns)
+    s.spec = obj["spec"]
+    s.tick(1)  # the engine acts on the token the CLI wrote
+    assert s.phase == "Healthy" and s.status["stable"]["version"] == "v2"
+    write(cp, ns, s)
+
+    # The `kubectl wait` form docs/cli.md gives, on the real server.
+    waited = cp.kubectl(
+        "wait", "md/wine", "-n", ns, "--for=jsonpath={.status.phase}=Healthy", "--timeout=20s"
+    )
+    assert waited.returncode == 0
+    done = plugin(cp, "status", "wine", "-n", ns, "--timeout", "20s")
+    assert done.returncode == 0 and "healthy: v2" in done.stdout
+
+    history = json.loads(plugin(cp, "history", "wine", "-n", ns, "-o", "json").stdout)
+    assert [(h["version"], h["outcome"]) for h in history] == [
+        ("v1", "deployed"),
+        ("v2", "promoted"),
+    ]
+    undo = plugin(cp, "undo", "wine", "-n", ns)
+    assert undo.returncode == 0, undo.stderr
+    model = cp.get_json("md", "wine", "-n", ns)["spec"]["model"]
+    assert (model["version"], model["uri"]) == ("v1", "https://models.test/wine-v1.tar.gz")
+
+
+def test_errors_from_the_server_are_one_line(cluster: tuple[Any, str]) -> None:
+    cp, ns = cluster
+    missing = plugin(cp, "get", "nope", "-n", ns)
+    assert missing.returncode == 2
+    assert "ModelDeployment 'nope' not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
