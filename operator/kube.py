@@ -129,10 +129,10 @@ RESOURCES: dict[str, Resource] = {
         status_verbs=_verbs("patch"),
     ),
 }
-# Cluster mode only (kopf's scanning, off in namespaced mode): namespaces and CRDs coming
-# and going. Group, resource, verbs.
+# Cluster mode only (kopf's scanning, off in namespaced mode): the CRD coming and going.
+# kopf watches namespaces only for --namespace patterns; with --all-namespaces (the
+# chart's cluster mode) it never does, so that right is not granted. Group, resource, verbs.
 CLUSTER_SCOPED_CALLS: tuple[tuple[str, str, frozenset[str]], ...] = (
-    ("", "namespaces", _verbs("list", "watch")),
     ("apiextensions.k8s.io", "customresourcedefinitions", _verbs("list", "watch")),
 )
 

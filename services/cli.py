@@ -147,9 +147,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "mlrollout") -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
-    sub, module = command_parser(name, prog)
-    args = sub.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        sub, module = command_parser(name, prog)
+        args = sub.parse_args(rest)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C, even while still importing: no traceback
+        return 130
 
 
 def kubectl_plugin() -> int:

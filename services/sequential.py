@@ -158,6 +158,18 @@ class SequentialTest:
         else:
             self.misses += 1
 
+    def observe_counts(self, hits: int, misses: int, p0: float) -> None:
+        """``hits`` and ``misses`` at one null ``p0`` at once (a batch's rows): O(grid),
+        whatever the counts. Looking only after the batch keeps the guarantee."""
+        if hits < 0 or misses < 0:
+            raise ValueError(f"counts must be >= 0, got {hits} hits, {misses} misses")
+        _check_p0(p0)
+        n = hits + misses
+        for k, r in enumerate(self.ratios):
+            self._logs[k] += hits * self._log_r[k] - n * math.log1p((r - 1.0) * p0)
+        self.hits += hits
+        self.misses += misses
+
     @property
     def log_e(self) -> float:
         return _logsumexp_mean(self._logs)

@@ -154,9 +154,12 @@ def open_store(args: argparse.Namespace, cwd: Path | None = None) -> RolloutStor
         run_dir = find_run_dir(name, args.local, cwd)
         return LocalStore(run_dir or args.local)
     if args.namespace is None and args.context is None and args.kubeconfig is None:
-        found = find_run_dir(name, None, cwd) if name else None
-        if found is not None:
-            return LocalStore(found)
+        if name:
+            found = find_run_dir(name, None, cwd)
+            if found is not None:
+                return LocalStore(found)
+        elif LocalStore(cwd).list():
+            return LocalStore(cwd)  # `list` next to .mlrollout/: the local runs
     from mlrollout.operator.kube import Kube
 
     try:

@@ -183,6 +183,9 @@ def decide(
         requeue = min(requeue, _settle(w, spec))
     else:
         requeue = min(requeue, _progress(w, spec, observations))
+    if st.canary is not None and guard.watching(spec):
+        # The router may take the canary off at any moment; record it soon after.
+        requeue = min(requeue, guard.RECHECK_SECONDS)
     _conditions(w)
     st.step = (
         f"{min(st.current_step, len(spec.rollout.steps) - 1) + 1}/{len(spec.rollout.steps)}"

@@ -17,6 +17,15 @@ from mlrollout.operator.model import ModelDeploymentSpec, Verdict
 
 CHECK = "routerGuard"
 DEFAULT_ALPHA = 0.01
+# How often the operator looks for a trip while a canary runs (its analysis interval may
+# be minutes): the router has already taken the canary off; this bounds how late the
+# rollback is recorded (status, events, the table without the canary).
+RECHECK_SECONDS = 5.0
+
+
+def watching(spec: ModelDeploymentSpec) -> bool:
+    """Whether the router guards this deployment's canary."""
+    return spec.traffic.router == "builtin" and spec.traffic.guard.enabled
 
 
 def rollout_alpha(spec: ModelDeploymentSpec) -> float:

@@ -40,10 +40,16 @@ from mlrollout.services.netutil import free_port
 from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
-QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData"})
+QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData", "AnalysisInconclusive"})
 # Events the engine emits once per analysis run of a canary (see decide/engine.py _judge).
 ANALYSIS_EVENTS = frozenset(
-    {"AnalysisPassed", "AnalysisFailed", "AnalysisNoData", "AnalysisProviderError"}
+    {
+        "AnalysisPassed",
+        "AnalysisFailed",
+        "AnalysisNoData",
+        "AnalysisInconclusive",
+        "AnalysisProviderError",
+    }
 )
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
@@ -112,10 +118,11 @@ def analysis_record(
     reasons = [e.reason for e in events if e.reason in ANALYSIS_EVENTS]
     a_before = (before or {}).get("analysis") or {}
     a_after = after.get("analysis") or {}
-    ran = bool(reasons) or (
-        a_after.get("lastRunAt") is not None
-        and a_after.get("lastRunAt") != a_before.get("lastRunAt")
+    new_run = a_after.get("lastRunAt") is not None and a_after.get("lastRunAt") != a_before.get(
+        "lastRunAt"
     )
+    # AnalysisInconclusive also reports a step deadline (no run): it counts with a new run.
+    ran = any(r != "AnalysisInconclusive" for r in reasons) or new_run
     if not ran:
         return None
     ref = before if (before or {}).get("canary") else after
@@ -128,6 +135,7 @@ def analysis_record(
             "AnalysisPassed": "pass",
             "AnalysisFailed": "fail",
             "AnalysisNoData": "noData",
+            "AnalysisInconclusive": "inconclusive",
             "AnalysisProviderError": "providerError",
         }.get(reasons[0], "")
         if reasons
@@ -551,7 +559,7 @@ class LocalSession:
                 "message": event.message,
             },
         )
-        if event.reason not in QUIET_EVENTS:
+        if not (event.reason in QUIET_EVENTS and event.type == "Normal"):
             self.note(f"{event.type}: {event.reason}: {event.message}")
 
     def note(self, text: str) -> None:

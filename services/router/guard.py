@@ -145,11 +145,7 @@ class Guard:
         spec = self.spec
         if st is None or st.trip is not None or spec is None or spec.min_agreement is None:
             return False
-        p0 = 1.0 - spec.min_agreement
-        for _ in range(disagree):
-            st.agreement.observe(True, p0)
-        for _ in range(agree):
-            st.agreement.observe(False, p0)
+        st.agreement.observe_counts(disagree, agree, 1.0 - spec.min_agreement)
         if st.agreement.crossed(spec.alpha):
             self._trip(st, "agreement", now, None)
             return True

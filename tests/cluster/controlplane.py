@@ -647,7 +647,11 @@ class ControlPlane:
                     event = json.loads(line)
                 except ValueError:
                     continue  # a line being written
-                if event.get("stage") != "ResponseComplete":
+                stage = event.get("stage")
+                # A watch is logged when it starts; it completes only when it is closed.
+                if stage != "ResponseComplete" and not (
+                    stage == "ResponseStarted" and event.get("verb") == "watch"
+                ):
                     continue
                 if user is None or event.get("user", {}).get("username") == user:
                     events.append(event)

@@ -155,3 +155,10 @@ def test_stale_guard_reports_are_recognised() -> None:
     assert not stale_guard(None, table)
     assert stale_guard({"state": "watching"}, _routes(None))
     assert not stale_guard({"state": "watching"}, table)
+
+
+def test_a_running_canary_is_looked_at_often_enough_to_record_a_trip_soon() -> None:
+    s = canary_running()
+    assert s.last is not None and s.last.requeue_after <= guard.RECHECK_SECONDS
+    off = canary_running(guard={"enabled": False})
+    assert off.last is not None and off.last.requeue_after > guard.RECHECK_SECONDS

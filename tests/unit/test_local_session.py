@@ -162,3 +162,38 @@ def test_tick_before_start_is_a_clear_error(tmp_path: Path) -> None:
             session.tick()
     finally:
         session.supervisor.close()
+
+
+def test_one_analysis_record_per_run_with_the_step_and_weight_it_measured() -> None:
+    from mlrollout.operator.local.session import analysis_record
+
+    before = {
+        "phase": "Progressing",
+        "stable": {"version": "v1"},
+        "canary": {"version": "v2"},
+        "currentStep": 1,
+        "weights": {"stable": 50, "canary": 50},
+        "analysis": {"lastRunAt": "2026-01-01T12:00:00Z"},
+    }
+    failed = {"check": "errorRate", "outcome": "fail", "value": 0.3, "threshold": 0.05,
+              "samples": 400, "message": "canary error rate 0.3 > 0.05"}  # fmt: skip
+    # The run that rolls the canary back: status after it has no canary and no lastRunAt.
+    after = {"phase": "RolledBack", "stable": {"version": "v1"}, "weights": {"stable": 100},
+             "analysis": {"verdicts": [failed]}}  # fmt: skip
+    events = (
+        Event("Warning", "AnalysisFailed", "errorRate fail"),
+        Event("Warning", "RolledBack", "canary v2: ..."),
+    )
+    record = analysis_record(before, after, events, 1767268830.0, 2, {"errorRate": "<= 0.05"})
+    assert record is not None
+    assert (record["canary"], record["step"], record["weight"]) == ("v2", "2/2", 50)
+    assert record["outcome"] == "fail" and record["phaseAfter"] == "RolledBack"
+    assert record["checks"] == [
+        {"check": "errorRate", "value": 0.3, "threshold": 0.05, "limit": "<= 0.05",
+         "samples": 400, "verdict": "fail", "message": "canary error rate 0.3 > 0.05"}
+    ]  # fmt: skip
+    assert record["time"].startswith("2026-01-01T")
+    # No run in this decision (a step deadline warning is not a run): no record.
+    deadline = (Event("Warning", "AnalysisInconclusive", "no decision after 600s"),)
+    assert analysis_record(before, before, deadline, 0.0, 2, {}) is None
+    assert analysis_record(before, before, (), 0.0, 2, {}) is None

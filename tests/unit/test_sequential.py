@@ -137,3 +137,17 @@ def test_power_a_canary_twice_as_bad_is_found() -> None:
 def test_agreement_test_crosses_only_below_min() -> None:
     assert sq.disagreement_log_e(950, 50, 0.95) < sq.threshold(0.01)
     assert sq.disagreement_log_e(59, 41, 0.95) > sq.threshold(0.01)
+
+
+def test_counts_at_once_equal_events_one_by_one() -> None:
+    one, batch = sq.SequentialTest(), sq.SequentialTest()
+    for hit in [True] * 4 + [False] * 9:
+        one.observe(hit, 0.05)
+    batch.observe_counts(4, 9, 0.05)
+    assert batch.log_e == pytest.approx(one.log_e, abs=1e-12)
+    assert (batch.hits, batch.misses) == (4, 9)
+    big = sq.SequentialTest()
+    big.observe_counts(10**9, 10**9, 0.5)  # a hostile batch costs the same as a small one
+    assert math.isfinite(big.log_e)
+    with pytest.raises(ValueError):
+        big.observe_counts(-1, 0, 0.5)
