@@ -147,6 +147,7 @@ def test_a_header_over_64_kib_is_431_and_does_not_stall_others(server: RunningSe
     assert headers["connection"] == "close"
     assert "65536-byte limit" in json.loads(body)["error"]
     # Refused on arrival: it could not push the 64 MB (only what socket buffers hold).
+    print(f"64 MB header: refused after {sent >> 20} MiB were sent (socket buffers included)")
     assert sent < 32 << 20, f"server read {sent} bytes of header"
     assert metric(server, "mlrollout_model_http_refusals_total", reason="header_too_large") >= 1
 
