@@ -32,6 +32,7 @@ from tests.doubles.server import RunningServer, descendants
 pytestmark = pytest.mark.integration
 
 LIMIT_S = 2  # header and body time limits of the server under test
+FEEDBACK_BYTES = 512 << 10  # the store is full after ~370 predictions of 1,000 rows
 SOCKET_TIMEOUT_S = 20  # an answer later than this is the old hang
 
 
@@ -39,7 +40,7 @@ SOCKET_TIMEOUT_S = 20  # an answer later than this is the old hang
 def server(serve_model: Any, example_artifacts: dict[str, Path]) -> Iterator[RunningServer]:
     args = (
         "--deployment", "rel", "--header-timeout", str(LIMIT_S), "--body-timeout", str(LIMIT_S),
-        "--feedback-bytes", str(4 << 20),
+        "--feedback-bytes", str(FEEDBACK_BYTES),
     )  # fmt: skip
     with serve_model(example_artifacts["v1"], args=args) as srv:
         yield srv
@@ -281,7 +282,7 @@ def test_feedback_store_memory_stays_within_its_bound_under_1000_row_predictions
     server: RunningServer, example_artifacts: dict[str, Path]
 ) -> None:
     """Issue 12 item 3: 4,000 1,000-row predictions took RSS from 188 to 469 MB (~70 KB
-    each). The store here is bounded at 4 MiB: once it is full, 600 more such predictions
+    each). The store here is bounded at 512 KiB: once it is full, 600 more such predictions
     (~42 MB with the old store) leave RSS flat within noise, and far under the pod limit."""
     body = record_body(example_artifacts, 1000)
     req = urllib.request.Request(
@@ -294,7 +295,7 @@ def test_feedback_store_memory_stays_within_its_bound_under_1000_row_predictions
                 assert resp.status == 200
                 resp.read()
 
-    predict(150)  # 150 x 1,256 B > 4 MiB x 7/8: the store is full from here on
+    predict(400)  # 400 x 1,256 B > 512 KiB x 7/8: the store is full from here on
     before = worker_rss_bytes(server)
     predict(600)
     after = worker_rss_bytes(server)
@@ -304,7 +305,7 @@ def test_feedback_store_memory_stays_within_its_bound_under_1000_row_predictions
         f"RSS {before >> 20} -> {after >> 20} MiB over 600 predictions of 1,000 rows; "
         f"store {int(held)} of {int(capacity)} bytes"
     )
-    assert capacity == 4 << 20 and 0 < held <= capacity
+    assert capacity == FEEDBACK_BYTES and capacity * 0.8 < held <= capacity
     assert after - before < 16 << 20, f"RSS grew by {(after - before) >> 20} MiB"
     assert after < POD_MEMORY_LIMIT, f"RSS {after >> 20} MiB"
 
@@ -317,13 +318,19 @@ POD_MEMORY_LIMIT = 1 << 30
 # No OpenAPI document describes the model routes (they live in a raw ASGI app mounted into
 # BentoML), so schemathesis has nothing to read: hypothesis generates the requests.
 
-FUZZ_EXAMPLES = int(os.environ.get("MLROLLOUT_FUZZ_EXAMPLES", "600"))
+FUZZ_EXAMPLES = int(os.environ.get("MLROLLOUT_FUZZ_EXAMPLES", "150"))
 PATHS = [
     "/predict", "/feedback", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready",
     "/livez", "/readyz", "/healthz", "/v2/models/fraud", "/v2/models/fraud/ready",
     "/v2/models/fraud/infer", "/v2/models/fraud/versions/v1/infer", "/v2/models/x/infer",
     "/v2/models//infer", "/v2/models/fraud/versions//infer", "/", "/docs.json",
 ]  # fmt: skip
+# Hypothesis favours the branch with more distinct values; an integer draw keeps the
+# intended shares (8 in 10 known paths, 6 in 10 POSTs).
+RANDOM_PATH = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(
+    lambda p: "/" + p
+)
+OTHER_METHODS = st.sampled_from(["GET", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: (
@@ -379,8 +386,8 @@ def test_http_fuzzing_of_every_endpoint_gets_no_5xx_and_clear_errors(
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(
-        method=st.sampled_from(["POST"] * 6 + ["GET", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]),
-        path=st.one_of(*[st.sampled_from(PATHS)] * 4, st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(lambda p: "/" + p)),
+        method=st.integers(0, 9).flatmap(lambda i: st.just("POST") if i < 6 else OTHER_METHODS),
+        path=st.integers(0, 9).flatmap(lambda i: st.sampled_from(PATHS) if i < 8 else RANDOM_PATH),
         body=bodies(rows),
         ctype=st.sampled_from(["application/json", "text/plain", "application/json; charset=utf-8", "", "application/octet-stream"]),
         request_id=st.none() | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=200),
