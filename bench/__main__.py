@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata as md
+import json
 import shutil
 import statistics
 import sys
@@ -16,6 +17,9 @@ from typing import Any
 from mlrollout.operator.local.procs import Supervisor
 
 from .controlplane import section as controlplane_section
+from .decision import SMOKE as SMOKE_DECISION
+from .decision import DecisionConfig
+from .decision import section as decision_section
 from .drift_cost import dataplane_cost, drift_cost
 from .guard import GuardConfig
 from .guard import section as guard_section
@@ -27,7 +31,16 @@ from .router_cost import router_overhead
 from .servers import PEERS, BenchEnv, ensure_peer_venvs
 from .serving import build_bench_model, run_serving
 
-SECTIONS = ("serving", "router", "drift", "operator", "rollback", "guard", "controlplane")
+SECTIONS = (
+    "serving",
+    "router",
+    "drift",
+    "operator",
+    "rollback",
+    "guard",
+    "controlplane",
+    "decision",
+)
 # Smoke sizes: seconds, not minutes; they check the harness and the outcomes, not speed.
 SMOKE_SCALE = ScaleConfig(
     deployments=10, paced=3, analysis_interval="1s",
@@ -105,6 +118,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
     targets += _operator_targets(results.get("operator"))
     targets += (results.get("guard") or {}).get("targets", [])
+    targets += (results.get("decision") or {}).get("targets", [])
     router = results.get("router")
     if router:
         cpu, added = med(router["router_cpu_us_per_request"]), med(router["added_p50_ms"])
@@ -185,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rollback-repeats", type=int, default=3, help="repeats per rollback variant"
+    )
+    parser.add_argument(
+        "--decision-rollouts",
+        type=int,
+        default=1000,
+        help="simulated rollouts of the healthy noisy scenario (others: a fifth)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sections not run from the existing docs/bench/results.json",
     )
     parser.add_argument(
         "--smoke",
@@ -278,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["operator"] = operator_section(sup, work, scale)
             if "rollback" in sections:
                 results["rollback"] = run_rollback(work, rollback)
+            if "decision" in sections:
+                d = args.decision_rollouts
+                config = SMOKE_DECISION if args.smoke else DecisionConfig(d, max(50, d // 5))
+                results["decision"] = decision_section(config, progress=print)
             if "guard" in sections:
                 guard_config = SMOKE_GUARD if args.smoke else GuardConfig()
                 results["guard"] = guard_section(work, guard_config, results.get("rollback"))
@@ -285,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
                 results["controlplane"] = controlplane_section(args.smoke)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.merge:
+        old = args.out / "bench" / "results.json"
+        if old.exists():
+            previous = json.loads(old.read_text())
+            for key in SECTIONS:
+                if key not in sections and key in previous:
+                    results[key] = previous[key]
+            results.setdefault("notes", previous.get("notes"))
     results["targets"] = _targets(results)
     path = write_report(results, args.out)
     print(f"bench: wrote {path}")

@@ -154,7 +154,6 @@ class Clock:
         self.objects = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._responses: list[Any] = []
 
     def start(self) -> None:
         for api, plural in WATCHED:
@@ -168,13 +167,9 @@ class Clock:
             self._threads.append(t)
 
     def stop(self) -> None:
+        """The watch threads are daemons blocked in reads: they end when the control
+        plane stops (closing a response another thread reads can block, so we don't)."""
         self._stop.set()
-        for resp in list(self._responses):
-            try:
-                resp.release_conn()
-                resp.close()
-            except Exception:
-                pass
 
     def _watch(self, path: str, plural: str, rv: str) -> None:
         kube = self.kube
@@ -191,7 +186,6 @@ class Clock:
             except urllib3.exceptions.HTTPError:
                 time.sleep(0.5)
                 continue
-            self._responses.append(resp)
             buf = b""
             try:
                 for chunk in resp.stream(65536):

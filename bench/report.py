@@ -194,16 +194,17 @@ def _rollback_reading(section: dict[str, Any]) -> list[str]:
         canary_rate = cfg["rate"] * weight / 100
         why = (
             "close to that floor: the interval sets the time"
-            if secs <= floor * 1.25
-            else f"the other {secs - floor:.0f} s go to collecting minSamples "
-            f"({s['minSamples']}) canary requests before a run can fail (at "
-            f"{canary_rate:.0f} canary requests/s, {s['minSamples'] / canary_rate:.0f} s), and "
-            "to where the runs fall after the canary starts"
+            if secs <= floor * 1.5
+            else f"the other {secs - floor:.0f} s go to the evidence (a few canary errors: "
+            f"at {canary_rate:.0f} canary requests/s and {cfg['fault_rate']:.0%} faults, "
+            f"{canary_rate * cfg['fault_rate']:.0f} errors/s), the scrape lag, and where the "
+            "runs fall after the canary starts"
         )
         expected = canary_rate * secs * cfg["fault_rate"]
         out.append(
             f"- Rollback ({name} analysis): {secs:.0f} s to weight 0 (median) against a floor "
-            f"of {floor:.0f} s (failureLimit {s['failureLimit']} x interval {s['interval']}); "
+            f"of {floor:.0f} s (one analysis interval, {s['interval']}: a sequential test "
+            "rolls back on the run that sees it cross); "
             f"{why}. The blast radius, {bad:.0f} bad answers, follows from that time: "
             f"{cfg['rate']:g} requests/s x {weight:.0f}% canary weight x {secs:.0f} s x "
             f"{cfg['fault_rate']:.0%} faults = {expected:.0f} expected."
@@ -271,6 +272,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("drift", "Drift tracking cost"),
         ("rollback", "Rollback: time to weight 0 and blast radius"),
         ("guard", "Router guard and paired agreement"),
+        ("decision", "Decision quality: sequential analysis vs per-interval policies (simulated)"),
         ("operator", "Operator at scale"),
         ("controlplane", "Test control plane: build, start-up, idle"),
     ):

@@ -128,7 +128,10 @@ class KubeRuntime:
         existing = dict(zip(REVISION_KINDS, lists, strict=True))
         calls: list[Callable[[], Any]] = []
         if wanted:
-            calls += self._shared_writes(next(iter(wanted.values())).serving)
+            # No revision child at all: a new ModelDeployment, whose shared objects are
+            # most likely absent too, so they are created without a read first.
+            fresh = not any(existing.values())
+            calls += self._shared_writes(next(iter(wanted.values())).serving, fresh)
         applied: dict[str, int] = {}
         for rev, spec in wanted.items():
             applied[rev] = len(calls)
@@ -190,7 +193,7 @@ class KubeRuntime:
                 calls.append(functools.partial(self.kube.delete, kind, ns, name))
         together(calls)
 
-    def _shared_writes(self, serving_spec: Serving) -> list[Callable[[], Any]]:
+    def _shared_writes(self, serving_spec: Serving, fresh: bool = False) -> list[Callable[[], Any]]:
         """Writes keeping the deployment-wide objects as built (none when recently seen)."""
         serving = to_serving(serving_spec, self.router_image)
         objs: list[dict[str, Any]] = [b.pod_disruption_budget(self.owner)]
@@ -201,7 +204,9 @@ class KubeRuntime:
         now = time.monotonic()
         if seen is not None and seen[0] == digest and now - seen[1] < SHARED_RECHECK_SECONDS:
             return []
-        calls: list[Callable[[], Any]] = [functools.partial(self.kube.apply, o) for o in objs]
+        calls: list[Callable[[], Any]] = [
+            functools.partial(self.kube.apply, o, create_first=fresh) for o in objs
+        ]
         if seen is None or seen[0] != digest:  # start-up or a spec change: maybe a new path
             calls.append(self._remove_other_path)
         # Remembered by ensure_revisions once the whole batch succeeded; if any write
@@ -318,7 +323,9 @@ class ConfigMapRouter:
         sync_track_services(
             self.kube, self.owner, table, [lambda: self._table.write(self.kube, cm)]
         )
-        data = self._data()
+        written = self._table.current  # the ConfigMap as the write left it (or as read)
+        data = (written or {}).get("data") if written is not None else self._data()
+        data = data if isinstance(data, dict) else {}
         if stale_guard(_parse_json(data.get(b.GUARD_KEY)), table):
             # A trip of a canary this table no longer routes to (the rollback it caused is
             # recorded): drop it, so a retry of the same revision starts unjudged.

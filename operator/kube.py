@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ Obj = dict[str, Any]
 APPLIED_HASH = "mlrollout.io/applied-hash"
 FIELD_MANAGER = "mlrollout-operator"
 WRITE_ATTEMPTS = 5  # bounded retries of a write that raced another writer (409)
+# A 429 (API priority and fairness, storage initialising) is sent again this many times
+# after the server's Retry-After (capped), then raised like any other error.
+RETRY_429 = 4
+RETRY_429_MAX_SECONDS = 2.0
 
 
 def _version() -> str:
@@ -107,7 +112,8 @@ RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("v1", "configmaps", verbs=_CHILD),
     "Service": Resource("v1", "services", verbs=_CHILD | {"list"}),
     "ServiceAccount": Resource("v1", "serviceaccounts", verbs=_CHILD),
-    # kopf posts Events (kopf.event); nothing here reads or changes them.
+    # The operator posts Events (k8s_runtime.post_event; kopf its warnings); nothing here
+    # reads or changes them.
     "Event": Resource("v1", "events", verbs=_verbs("create")),
     "Deployment": Resource("apps/v1", "deployments", verbs=_CHILD | {"list"}),
     "Role": Resource("rbac.authorization.k8s.io/v1", "roles", verbs=_CHILD),
@@ -256,12 +262,16 @@ class Kube:
         if token:
             headers["Authorization"] = token
         data = None if body is None else json.dumps(body).encode()
-        try:
-            resp = self._pool.request(
-                method, url, body=data, headers=headers, timeout=self._timeout, retries=False
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+        for attempt in range(RETRY_429 + 1):
+            try:
+                resp = self._pool.request(
+                    method, url, body=data, headers=headers, timeout=self._timeout, retries=False
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                raise KubeError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+            if resp.status != 429 or attempt == RETRY_429:
+                break
+            time.sleep(_retry_after(resp.headers.get("Retry-After"), attempt))
         text = resp.data.decode("utf-8", "replace")
         if resp.status >= 400:
             raise _error(resp.status, method, path, text)
@@ -354,6 +364,7 @@ class Kube:
         current: Mapping[str, Any] | None = None,
         *,
         guard: bool = False,
+        create_first: bool = False,
     ) -> Obj:
         """Make ``obj`` exist as given: create it, or merge-patch what differs.
 
@@ -363,6 +374,9 @@ class Kube:
         ``guard=True``: ``current`` is what the caller read and decided from (None:
         absent). The write then fails with :class:`Conflict` instead of overwriting if
         the object changed since: created by someone else, or patched past that version.
+
+        ``create_first=True``: the object is most likely absent (a new owner), so try the
+        create without reading first; a 409 falls back to read and patch.
         """
         desired = _stamped(obj)
         kind, meta = desired["kind"], desired["metadata"]
@@ -375,7 +389,7 @@ class Kube:
             return self.merge_patch(
                 kind, meta["namespace"], meta["name"], desired, resource_version=rv
             )
-        if current is None:
+        if current is None and not create_first:
             current = self.get(kind, meta["namespace"], meta["name"])
         for _ in range(WRITE_ATTEMPTS):
             if current is not None:
@@ -437,6 +451,15 @@ def _stamped(obj: Mapping[str, Any]) -> Obj:
     meta = dict(body["metadata"])
     meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: digest}
     return {**body, "metadata": meta}
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    """Seconds to wait before sending a 429'd request again (the server's, capped)."""
+    try:
+        wanted = float(header) if header else 0.1 * 2**attempt
+    except ValueError:
+        wanted = 0.1 * 2**attempt
+    return max(0.05, min(wanted, RETRY_429_MAX_SECONDS))
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

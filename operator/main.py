@@ -214,9 +214,9 @@ def _forget(uid: str) -> None:
 
 # No finalizer: children are garbage-collected through owner references, so deletion must
 # not wait for the operator to be up. The watch's DELETED event drops our memory of it.
-@kopf.on.event(*RESOURCE)
-async def on_event(event: kopf.RawEvent, **_: Any) -> None:
-    if event.get("type") == "DELETED":
-        uid = (event.get("object") or {}).get("metadata", {}).get("uid")
-        if uid:
-            _forget(uid)
+# ``when``: only DELETED events reach the handler (kopf logs every call it makes).
+@kopf.on.event(*RESOURCE, when=lambda event, **_: event.get("type") == "DELETED")
+async def on_deleted(event: kopf.RawEvent, **_: Any) -> None:
+    uid = (event.get("object") or {}).get("metadata", {}).get("uid")
+    if uid:
+        _forget(uid)

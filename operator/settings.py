@@ -27,7 +27,10 @@ class OperatorSettings:
     api_timeout: float = 10.0
     watch_server_timeout: int = 300  # API server ends each watch after this; kopf re-opens it
     watch_client_timeout: int = 330
-    posting_level: str = "INFO"  # lowest log level kopf also posts as a Kubernetes Event
+    # Lowest log level kopf also posts as a Kubernetes Event. Not INFO: kopf's "handler
+    # succeeded" lines would cost API writes per change; the operator's own Events
+    # (Deployed, RolloutStarted, Promoted, ...) tell the story, through kube.py.
+    posting_level: str = "WARNING"
     router_image: str | None = None  # default: the ModelDeployment's serving image
     annotations_prefix: str = "mlrollout.io"
     # "cluster": kopf watches namespaces and CRDs as they come and go (needs cluster-wide

@@ -18,7 +18,7 @@ from typing import Any
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": (
-        "mlrollout.services.model.export",
+        "mlrollout.services.model.export_cli",
         "export a fitted scikit-learn pipeline as a model artifact",
     ),
     "examples": (

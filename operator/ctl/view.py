@@ -26,7 +26,7 @@ EXIT_ROLLED_BACK = 1  # rolled back or aborted
 EXIT_USAGE = 2  # bad arguments, not found, refused action
 EXIT_DEGRADED = 3  # Degraded or InvalidSpec
 EXIT_TIMEOUT = 4  # not decided within --timeout
-EXIT_UNREACHABLE = 5  # the API server (or run dir) could not be read
+EXIT_UNREACHABLE = 5  # the API server refused or could not be reached, or the run dir unreadable
 
 _ICONS = {
     "Healthy": "✔",

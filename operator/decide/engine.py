@@ -54,6 +54,17 @@ from mlrollout.operator.model import (
 )
 
 WAIT_READY_SECONDS = 5.0
+# A revision that is starting: look again soon, then less often (a third of the time
+# waited so far, within these bounds), so that hundreds of revisions starting at once
+# do not flood the API server with reads while their pods come up.
+READY_RECHECK_MIN_SECONDS = 2.0
+READY_RECHECK_MAX_SECONDS = 15.0
+
+
+def ready_recheck(waited: float) -> float:
+    """Seconds until the readiness of a revision that has been starting for ``waited``
+    seconds is looked at again."""
+    return min(READY_RECHECK_MAX_SECONDS, max(READY_RECHECK_MIN_SECONDS, waited / 3))
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,7 @@ def _settle(w: Work, spec: ModelDeploymentSpec) -> float:
                 )
             else:
                 set_phase(w, Phase.INITIALIZING, f"waiting for {st.stable.version} to become ready")
+                return min(ready_recheck(waited), deadline - waited)
             return WAIT_READY_SECONDS
     wanted_id = revision_id(spec.model)
     rejected = next((r for r in st.rejected_revisions if r.revision == wanted_id), None)
@@ -279,7 +291,7 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         set_phase(
             w, Phase.PROGRESSING, f"waiting for canary {canary.version} to become ready{detail}"
         )
-        return WAIT_READY_SECONDS
+        return min(ready_recheck(waited), deadline - waited)
     st.not_ready_since = None
     just_started = st.step_started_at is None
     if just_started:

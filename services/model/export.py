@@ -1,7 +1,8 @@
 """Turn a fitted scikit-learn pipeline plus its training data into a model artifact.
 
 Python: ``export_model(pipeline, X_train, y_train, out_dir, name=..., version=...)``.
-CLI: ``mlrollout export --pipeline model.joblib --data train.csv --target y --name N --version V OUT``.
+CLI: ``mlrollout export --pipeline model.joblib --data train.csv --target y --name N --version V OUT``
+(``export_cli.py``).
 
 The whole pipeline (preprocessing included) becomes one ONNX graph, so training and serving
 share a single feature path. Before anything is written, the ONNX model is run on the
@@ -16,14 +17,11 @@ intra-op thread: 8.3 us per ``run`` for the single tensor, 30.5 us for 20 per-fe
 
 from __future__ import annotations
 
-import argparse
-import csv
 import difflib
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -186,7 +184,7 @@ def _frame_columns(frame: Any) -> dict[str, np.ndarray]:
     import pandas as pd
 
     names = [str(c) for c in frame.columns]
-    _refuse_duplicates(names, "the DataFrame")
+    refuse_duplicates(names, "the DataFrame")
     cols: dict[str, np.ndarray] = {}
     for name, label in zip(names, frame.columns, strict=True):
         series = frame[label]
@@ -210,7 +208,7 @@ def _columns(X: Columns | np.ndarray, feature_names: Sequence[str] | None) -> di
         names = list(feature_names) if feature_names is not None else None
         if names is None or len(names) != arr.shape[1]:
             raise ExportError(f"pass feature_names with {arr.shape[1]} names for a 2D X_train")
-        _refuse_duplicates(names, "feature_names")
+        refuse_duplicates(names, "feature_names")
         cols = {str(c): arr[:, i] for i, c in enumerate(names)}
     if not cols:
         raise ExportError("X_train has no features")
@@ -483,143 +481,8 @@ def _summary(
     return summary
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT", help="artifact directory to write")
-    parser.add_argument("--pipeline", required=True, help="joblib/pickle file of a fitted pipeline")
-    parser.add_argument("--data", required=True, help="CSV of the training data (with a header)")
-    parser.add_argument("--target", required=True, help="name of the target column in --data")
-    parser.add_argument("--name", required=True, help="model name")
-    parser.add_argument("--version", required=True, help="model version, e.g. v3")
-    parser.add_argument(
-        "--categorical",
-        default="",
-        help="comma-separated columns to treat as categorical (default: non-numeric columns)",
-    )
-    parser.add_argument(
-        "--intended-use",
-        default=DEFAULT_INTENDED_USE,
-        help="model card: what the model is for and who may use it",
-    )
-    parser.add_argument(
-        "--limits",
-        default=DEFAULT_LIMITS,
-        help="model card: known limits (data it was not trained on, failure modes)",
-    )
-    parser.add_argument("--metrics", default="{}", help="JSON object, e.g. '{\"accuracy\": 0.93}'")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        import joblib
-
-        pipeline = _load_pipeline(joblib, args.pipeline)
-        categorical = {c for c in args.categorical.split(",") if c}
-        columns, y = read_csv(Path(args.data), args.target, categorical)
-        metrics = _parse_metrics(args.metrics)
-        if hasattr(pipeline, "classes_"):
-            y = _like_classes(y, pipeline.classes_)
-        out = export_model(
-            pipeline,
-            columns,
-            y,
-            args.out,
-            name=args.name,
-            version=args.version,
-            feature_kinds={c: "categorical" for c in categorical},
-            metrics=metrics,
-            intended_use=args.intended_use,
-            limits=args.limits,
-            overwrite=args.overwrite,
-        )
-    except (ExportError, OSError, ValueError) as exc:
-        print(f"mlrollout export: {exc}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
-
-
-def _parse_metrics(text: str) -> dict[str, float]:
-    try:
-        metrics = json.loads(text)
-    except ValueError as exc:
-        raise ExportError(f"--metrics is not JSON ({exc}): {text[:80]!r}") from None
-    if not isinstance(metrics, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
-    ):
-        raise ExportError('--metrics must be a JSON object of numbers such as {"accuracy": 0.93}')
-    return metrics
-
-
-def _load_pipeline(joblib: Any, path: str) -> Any:
-    try:
-        pipeline = joblib.load(path)  # trusted input: the user's own model file
-    except OSError:
-        raise
-    except Exception as exc:  # unpickling garbage raises almost any exception type
-        raise ExportError(
-            f"--pipeline {path}: not a joblib/pickle file of a fitted pipeline "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
-    if not hasattr(pipeline, "predict"):
-        raise ExportError(
-            f"--pipeline {path}: holds a {type(pipeline).__name__}, "
-            "not a fitted scikit-learn estimator or pipeline"
-        )
-    return pipeline
-
-
-def read_csv(
-    path: Path, target: str, categorical: set[str]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Columns as float (empty or NA -> NaN) when every value parses, else as strings
-    (empty -> None)."""
-    # utf-8-sig: spreadsheet exports start with a byte-order mark, which would otherwise
-    # become part of the first column's name.
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise ExportError(f"{path} is empty")
-        rows = list(reader)
-    if target not in header:
-        raise ExportError(f"{path} has no column {target!r} (columns: {', '.join(header)})")
-    _refuse_duplicates(header, f"{path}: the header")
-    unknown = categorical - set(header)
-    if unknown:
-        raise ExportError(f"--categorical names unknown columns: {sorted(unknown)}")
-    bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
-    if bad:
-        raise ExportError(f"{path}: line {bad[0]} has a different number of fields than the header")
-    raw = {h: [r[i] for r in rows] for i, h in enumerate(header)}
-    y = raw.pop(target)
-    return {h: _parse_column(v, h in categorical) for h, v in raw.items()}, np.asarray(y)
-
-
-def _refuse_duplicates(names: Sequence[str], what: str) -> None:
+def refuse_duplicates(names: Sequence[str], what: str) -> None:
     # One name per column: a dict of columns would silently keep only the last one.
     dupes = sorted({str(n) for n in names if list(names).count(n) > 1})
     if dupes:
         raise ExportError(f"{what} names a column more than once: {', '.join(dupes)}")
-
-
-# How spreadsheets, R and pandas write a missing number; float() already takes "nan".
-_NA_MARKERS = frozenset({"", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "None", "<NA>"})
-
-
-def _parse_column(values: list[str], categorical: bool) -> np.ndarray:
-    if not categorical:
-        try:
-            return np.array([math.nan if v.strip() in _NA_MARKERS else float(v) for v in values])
-        except ValueError:
-            pass
-    return np.array([v if v != "" else None for v in values], dtype=object)
-
-
-def _like_classes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    if np.asarray(classes).dtype.kind in "iu":
-        return y.astype(np.float64).astype(np.int64)
-    return y

@@ -61,8 +61,8 @@ def write(cp: Any, ns: str, s: Scenario) -> dict[str, Any]:
     return dict(cp.get_json("md", "wine", "-n", ns))
 
 
-def plugin(cp: Any, *args: str) -> Any:
-    env = {**cp.env(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+def plugin(cp: Any, *args: str, kubeconfig: Path | None = None) -> Any:
+    env = {**cp.env(kubeconfig), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     import subprocess
 
     return subprocess.run(
@@ -145,3 +145,51 @@ def test_errors_from_the_server_are_one_line(cluster: tuple[Any, str]) -> None:
     assert missing.returncode == 2
     assert "ModelDeployment 'nope' not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+USER_ROLES = Path(__file__).resolve().parents[2] / "manifests" / "user-roles"
+
+
+def _can(cp: Any, verb: str, ns: str, kubeconfig: Path) -> bool:
+    out = cp.kubectl("auth", "can-i", verb, "modeldeployments.mlrollout.io", "-n", ns,
+                     kubeconfig=kubeconfig, check=False)  # fmt: skip
+    return out.stdout.strip() == "yes"
+
+
+def test_namespace_viewers_read_and_editors_steer_with_the_user_roles(
+    cluster: tuple[Any, str],
+) -> None:
+    """manifests/user-roles aggregates into the built-in view/edit roles, so ordinary
+    namespace users can use `kubectl mlrollout` without a custom RoleBinding per tool."""
+    import time
+
+    cp, ns = cluster
+    cp.kubectl("apply", "-k", str(USER_ROLES))
+    s = Scenario(spec(), T0)
+    s.healthy_traffic()
+    s.tick()
+    s.set_model("v2", uri="https://models.test/wine-v2.tar.gz")
+    s.tick()
+    write(cp, ns, s)
+    users = {}
+    for role in ("view", "edit"):
+        cp.kubectl("create", "serviceaccount", f"{role}-user", "-n", ns)
+        cp.kubectl("create", "rolebinding", f"{role}-user", f"--clusterrole={role}",
+                   f"--serviceaccount={ns}:{role}-user", "-n", ns)  # fmt: skip
+        users[role] = cp.sa_kubeconfig(ns, f"{role}-user")
+    deadline = time.monotonic() + 60  # the aggregation controller fills the roles in
+    while time.monotonic() < deadline and not (
+        _can(cp, "get", ns, users["view"]) and _can(cp, "patch", ns, users["edit"])
+    ):
+        time.sleep(0.5)
+    assert not _can(cp, "patch", ns, users["view"])
+
+    seen = plugin(cp, "get", "wine", "-n", ns, kubeconfig=users["view"])
+    assert seen.returncode == 0, seen.stderr
+    assert "Canary:      v2" in seen.stdout
+    refused = plugin(cp, "abort", "wine", "-n", ns, kubeconfig=users["view"])
+    assert refused.returncode == 5 and "403" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    aborted = plugin(cp, "abort", "wine", "-n", ns, kubeconfig=users["edit"])
+    assert aborted.returncode == 0, aborted.stderr
+    assert cp.get_json("md", "wine", "-n", ns)["spec"]["controls"]["abort"].startswith("abort-")

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import kubernetes
 import pytest
-from mlrollout.operator.kube import FIELD_MANAGER, Conflict, Kube
+from mlrollout.operator.kube import FIELD_MANAGER, RETRY_429, Conflict, Kube, KubeError
 
 SVC = {
     "apiVersion": "v1",
@@ -187,3 +187,29 @@ def test_update_gives_up_after_bounded_attempts(api: tuple[Kube, Script]) -> Non
     with pytest.raises(Conflict):
         kube.update("ConfigMap", "ns", "c", lambda cur: {"data": {"x": "1"}}, attempts=4)
     assert sum(s.method == "PATCH" for s in script.seen) == 4
+
+
+def test_too_many_requests_is_retried_after_the_servers_delay(api: tuple[Kube, Script]) -> None:
+    """API priority and fairness (or storage still initialising) answers 429 with a
+    Retry-After; the request is sent again, a bounded number of times."""
+    kube, script = api
+    script.answers = [
+        (429, status(429, "TooManyRequests", "storage is (re)initializing")),
+        (429, status(429, "TooManyRequests", "too many requests")),
+        (200, {"kind": "ServiceList", "metadata": {}, "items": []}),
+    ]
+    assert kube.list("Service", "ns") == []
+    assert len(script.seen) == 3
+    script.answers = [(429, status(429, "TooManyRequests"))] * 10
+    with pytest.raises(KubeError, match="429"):
+        kube.get("Service", "ns", "m")
+    assert len(script.seen) == 3 + 1 + RETRY_429  # the first try and the retries
+
+
+def test_create_first_skips_the_read_and_falls_back_on_conflict(api: tuple[Kube, Script]) -> None:
+    kube, script = api
+    kube.apply(SVC, create_first=True)
+    assert [s.method for s in script.seen] == ["POST"]
+    script.answers = [(409, status(409, "AlreadyExists")), (200, with_rv(SVC, "3"))]
+    kube.apply({**SVC, "spec": {"ports": [{"name": "http", "port": 82}]}}, create_first=True)
+    assert [s.method for s in script.seen[1:]] == ["POST", "GET", "PATCH"]

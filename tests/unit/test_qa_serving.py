@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from mlrollout.services.cli import main as cli_main
 from mlrollout.services.model.dataplane import Dataplane
-from mlrollout.services.model.export import ExportError, export_model, read_csv
+from mlrollout.services.model.export import ExportError, export_model
+from mlrollout.services.model.export_cli import read_csv
 from mlrollout.services.model.validation import Feature, InputError, Reason, Validator
 from mlrollout.services.router.compare import compare_bodies
 from mlrollout.services.router.table import choose, parse_table

@@ -226,6 +226,19 @@ def test_no_routes_while_the_first_revision_is_not_ready() -> None:
     assert result.requeue_after <= 5
 
 
+def test_readiness_is_looked_at_soon_then_less_often() -> None:
+    """Hundreds of starting revisions must not flood the API server with reads: the
+    re-check interval grows with the time waited (a third of it, 2 s to 15 s)."""
+    loop = Loop()
+    loop.runtime.not_ready = {"v1"}
+    waits = [loop.run(spec(), seconds=s).requeue_after for s in (0, 3, 12, 30, 60, 120)]
+    assert waits[0] == 2.0
+    assert waits == sorted(waits)
+    assert waits[-1] == 15.0
+    loop.runtime.not_ready = set()
+    assert loop.run(spec(), seconds=15).status["phase"] == "Healthy"
+
+
 @pytest.mark.parametrize("status", [{"phase": "Nonsense"}, {"weights": "x"}])
 def test_unreadable_status_restarts_cleanly(status: dict[str, Any]) -> None:
     loop = Loop()

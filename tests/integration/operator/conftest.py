@@ -1,10 +1,17 @@
 """Fixtures for the operator's end-to-end tests on 127.0.0.1.
 
-- ``cluster``: the kmock-based API emulator (``emulator.py``) in a background thread;
+- ``kcluster``: the real control plane (``control_plane``, tests/conftest.py: etcd,
+  kube-apiserver with TLS and RBAC, controller-manager, scheduler, kwok fake nodes) with
+  the CRD from crds/ installed and the scenario namespaces created; ``.kube`` is an admin
+  client, ``.live()``/``.names()`` read what the server holds;
+- ``cluster``: the kmock-based API emulator (``emulator.py``) in a background thread,
+  kept for what a real server cannot do on demand: injected faults and request counting
+  (docs/kmock.md);
 - ``exporter``: a metrics endpoint impersonating model servers: tests set, per
   (namespace, deployment, version), request rate, error rate and prediction mix;
 - ``prometheus``: the real Prometheus binary scraping the exporter every second;
-- ``start_operator``: the real ``kopf run -m mlrollout.operator.main`` as a subprocess.
+- ``start_operator``: the real ``kopf run -m mlrollout.operator.main`` as a subprocess,
+  against the real control plane.
 
 Every process started here is stopped at teardown, also on failure. Scenario namespaces
 are fixed up front because each operator watches an explicit list of them.
@@ -29,9 +36,11 @@ import pytest
 from mlrollout.services.netutil import free_port, wait_http
 
 HERE = Path(__file__).parent
+CRD_FILE = HERE.parents[2] / "crds" / "modeldeployment.yaml"
+CRD_NAME = "modeldeployments.mlrollout.io"
 VENV_BIN = Path(sys.executable).parent
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-SHARED_NAMESPACES = ("healthy", "promote", "errors", "drift", "quiet", "invalid")
+SHARED_NAMESPACES = ("healthy", "promote", "errors", "drift", "quiet", "invalid", "fields")
 OWN_OPERATOR_NAMESPACES = ("promdown", "restart")
 
 
@@ -118,6 +127,54 @@ def prometheus(
         log.close()
 
 
+# --- the real control plane ----------------------------------------------------------------
+
+
+def _path(key: str, namespace: str) -> str:
+    """``apps/v1/deployments`` (or ``v1/services``) in ``namespace`` as an API path."""
+    *gv, plural = key.split("/")
+    base = f"/api/{gv[0]}" if len(gv) == 1 else f"/apis/{gv[0]}/{gv[1]}"
+    return f"{base}/namespaces/{namespace}/{plural}"
+
+
+class RealCluster:
+    """The control plane as the scenarios read it (admin client; objects being deleted
+    are not live)."""
+
+    def __init__(self, control_plane: Any) -> None:
+        import kubernetes
+        from mlrollout.operator.kube import Kube
+
+        self.control_plane = control_plane
+        self.kubeconfig = Path(control_plane.kubeconfig)
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(
+            config_file=str(self.kubeconfig), client_configuration=config
+        )
+        self.kube = Kube(config, timeout=10)
+
+    def live(self, key: str, namespace: str) -> list[dict[str, Any]]:
+        out = self.kube.request("GET", _path(key, namespace))
+        kind = str(out.get("kind", "")).removesuffix("List")  # list items carry no kind
+        items = [{"kind": kind, **o} for o in out.get("items") or []]
+        return [o for o in items if not o["metadata"].get("deletionTimestamp")]
+
+    def names(self, key: str, namespace: str) -> set[str]:
+        return {o["metadata"]["name"] for o in self.live(key, namespace)}
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return self.control_plane.kubectl(*args, **kw)
+
+
+@pytest.fixture(scope="session")
+def kcluster(control_plane: Any) -> RealCluster:
+    control_plane.kubectl("apply", "-f", str(CRD_FILE))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    for ns in SHARED_NAMESPACES + OWN_OPERATOR_NAMESPACES:
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    return RealCluster(control_plane)
+
+
 # --- API emulator and operator -----------------------------------------------------------
 
 
@@ -174,7 +231,8 @@ StartOperator = Callable[..., Operator]
 
 
 @pytest.fixture(scope="session")
-def start_operator(kubeconfig: Path, prometheus: Prometheus) -> Iterator[StartOperator]:
+def start_operator(kcluster: RealCluster, prometheus: Prometheus) -> Iterator[StartOperator]:
+    kubeconfig = kcluster.kubeconfig
     started: list[Operator] = []
     logs = Path(tempfile.mkdtemp(prefix="mlrollout-operator-"))
 
