@@ -327,7 +327,6 @@ def _cel_failures(raw: dict[str, Any]) -> set[str]:
     }
 
 
-
 @pytest.mark.parametrize(("raw", "cel"), [(raw, cel) for raw, _, cel in BAD if cel is not None])
 def test_cel_rule_rejects_what_the_validator_rejects(raw: dict[str, Any], cel: str) -> None:
     assert cel in _cel_failures(raw)
