@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from collections.abc import Callable
 from functools import cache
@@ -182,6 +183,36 @@ def cel_failures(node: dict[str, Any], value: Any, path: str = "spec") -> list[s
     return out
 
 
+def duplicate_list_keys(node: dict[str, Any], value: Any, path: str = "spec") -> str | None:
+    """A ``x-kubernetes-list-type: map`` list with two items of the same keys (or a ``set``
+    with a repeated item): the API server refuses it."""
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        kind = node.get("x-kubernetes-list-type")
+        keys = node.get("x-kubernetes-list-map-keys", [])
+        seen = set()
+        for i, item in enumerate(value):
+            if kind == "map" and isinstance(item, dict):
+                key = json.dumps([item.get(k) for k in keys])
+            elif kind == "set":
+                key = json.dumps(item, sort_keys=True)
+            else:
+                key = None
+            if key is not None:
+                if key in seen:
+                    return f"{path}[{i}]: duplicate entry {key}"
+                seen.add(key)
+            found = duplicate_list_keys(node["items"], item, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for key, sub in (node.get("properties") or {}).items():
+            if key in value:
+                found = duplicate_list_keys(sub, value[key], f"{path}.{key}")
+                if found:
+                    return found
+    return None
+
+
 def crd_verdict(raw: Any) -> str | None:
     """Why the API server would refuse ``raw`` as a spec, or None if it would accept it."""
     if not isinstance(raw, dict):
@@ -195,5 +226,8 @@ def crd_verdict(raw: Any) -> str | None:
     errors = sorted(KubeValidator(SCHEMA).iter_errors(obj), key=lambda e: list(e.path))
     if errors:
         return f"schema: {'/'.join(map(str, errors[0].path))}: {errors[0].message}"
+    duplicate = duplicate_list_keys(SCHEMA, obj)
+    if duplicate:
+        return f"list map: {duplicate}"
     failures = cel_failures(SCHEMA, ints_for_cel(SCHEMA, obj))
     return f"CEL: {failures[0]}" if failures else None

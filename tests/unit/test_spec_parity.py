@@ -203,6 +203,8 @@ CASES: list[tuple[dict[str, Any], bool]] = [
     ({**BASE, "rollout": {"steps": [{"weight": 10, "pause": "2562047h"}]}}, True),
     ({**BASE, "rollout": {"analysis": {"interval": "0.0000000001s"}}}, False),
     ({**BASE, "serving": {"replicas": None}}, True),
+    # Found by the long run: the CRD's list map refuses a name given twice, as the models do.
+    ({**BASE, "serving": {"env": [{"name": "A"}, {"name": "A"}]}}, False),
     ({**BASE, "model": {"name": "fraud", "version": "v1", "uri": "./m", "sha256": None}}, True),
 ]  # fmt: skip
 
