@@ -206,11 +206,13 @@ class Router:
             if name == sticky_name:
                 sticky = value.decode("latin-1")
             out += (name, b": ", value, b"\r\n")
-        try:
-            feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
-            forced = forced_track(table, force, feedback)
-        except TableError as exc:
-            return error_reply(400, str(exc))
+        forced = None
+        if force is not None:
+            try:
+                feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
+                forced = forced_track(table, force, feedback)
+            except TableError as exc:
+                return error_reply(400, str(exc))
         track = forced or choose(table, sticky, None, random.random())
         if request_id is None:
             self._id_counter += 1

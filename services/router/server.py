@@ -91,7 +91,11 @@ class HttpServerProtocol(asyncio.Protocol):
         self.eof = False  # the client half-closed
         self.in_head = True  # between messages, or inside a request line / headers
         self.head_bytes = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the linger after the last answer
+        # When the head or body being received must be complete (checked by the sweeper:
+        # no timer per request on the fast path), and which one it is.
+        self.deadline: float | None = None
+        self.deadline_what = ""
         self.refusal: tuple[int, str] | None = None  # for the message being parsed
         self.close_after = False  # an upgrade offer was ignored: close after answering it
         self._url: list[bytes] = []
@@ -119,8 +123,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 if room <= 0:
                     self._refuse(431, f"request line and headers larger than {limit} bytes")
                     return
-                if self.head_bytes == 0 and self.timer is None:
-                    self._start_timer(self.limits.header_timeout, "headers")
+                if self.head_bytes == 0 and self.deadline is None:
+                    self._set_deadline(self.limits.header_timeout, "headers")
                 piece, data = data[:room], data[room:]
                 self.head_bytes += len(piece)
                 self.parser.feed_data(piece)
@@ -181,8 +185,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
-        self._stop_timer()
-        self._start_timer(self.limits.body_timeout, "body")
+        self._set_deadline(self.limits.body_timeout, "body")
         upgrade = connection_upgrade = False
         for name, value in self._headers:
             if name == b"content-length" and value.strip().isdigit():
@@ -222,7 +225,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._size, self._body = 0, []
 
     def on_message_complete(self) -> None:
-        self._stop_timer()
+        self.deadline = None
         self.in_head = True
         self.head_bytes = 0
         if self.discard:
@@ -256,23 +259,25 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
 
     # timers
-    def _start_timer(self, seconds: float, what: str) -> None:
-        self._stop_timer()
-        self.timer = self.loop.call_later(seconds, self._timed_out, seconds, what)
+    def _set_deadline(self, seconds: float, what: str) -> None:
+        self.deadline = self.last_active + seconds
+        self.deadline_what = what
 
     def _stop_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self, seconds: float, what: str) -> None:
-        self.timer = None
-        if self.discard:
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: refuse with 408 a head or body not complete in time."""
+        if self.deadline is None or now < self.deadline or self.discard:
             return
         if self.paused:  # the router stopped reading, not the client's fault: wait on
-            self._start_timer(seconds, what)
             return
-        self._refuse(408, f"request {what} not received within {seconds:g}s")
+        what = self.deadline_what
+        limit = self.limits.header_timeout if what == "headers" else self.limits.body_timeout
+        self._refuse(408, f"request {what} not received within {limit:g}s")
 
     # answering
     def _refuse(self, status: int, message: str) -> None:
@@ -396,18 +401,25 @@ async def start_server(
         reuse_address=True,
         backlog=1024,
     )
-    sweeper = loop.create_task(_close_idle(server, connections, idle_timeout))
+    sweeper = loop.create_task(_sweep(server, connections, limits))
     _SWEEPERS.add(sweeper)  # the loop itself keeps only a weak reference to tasks
     sweeper.add_done_callback(_SWEEPERS.discard)
     return server
 
 
-async def _close_idle(
-    server: asyncio.Server, connections: set[HttpServerProtocol], idle_timeout: float
+async def _sweep(
+    server: asyncio.Server, connections: set[HttpServerProtocol], limits: Limits
 ) -> None:
+    """Close idle keep-alive connections; refuse heads and bodies not complete in time.
+
+    Deadlines are checked here, a few times per timeout, instead of by a timer per request.
+    """
+    period = min(limits.idle_timeout / 4, limits.header_timeout / 4, limits.body_timeout / 4, 1.0)
     while server.is_serving():
-        await asyncio.sleep(min(idle_timeout / 4, 5.0))
-        cutoff = asyncio.get_running_loop().time() - idle_timeout
+        await asyncio.sleep(period)
+        now = asyncio.get_running_loop().time()
+        cutoff = now - limits.idle_timeout
         for conn in list(connections):
+            conn.check_deadline(now)
             if not conn.busy and conn.last_active < cutoff and conn.transport is not None:
                 conn.transport.close()
