@@ -18,6 +18,7 @@ import json
 import math
 import re
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -40,16 +41,53 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import WithJsonSchema
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ms|s|m|h)")
+_UNIT_NANOS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 MANUAL = "manual"
+# Go's time.Duration is an int64 of nanoseconds: 2562047h47m16.854775807s at most. The API
+# server's CEL duration() refuses longer ones, so the models do too.
+MAX_DURATION_NANOS = 2**63 - 1
+MAX_DURATION_TEXT = "2562047h47m16.854775807s"
+
+
+def go_duration_nanos(text: str) -> int:
+    """Nanoseconds in ``text`` exactly as Go's ``time.ParseDuration`` computes them (integer
+    part times the unit, plus the fraction scaled in float64 and truncated), refusing what
+    overflows an int64. Only the grammar of ``DURATION_PATTERN`` is accepted."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m")
+    total = 0
+    for whole, fraction, unit_name in _DURATION_PART.findall(text):
+        unit = _UNIT_NANOS[unit_name]
+        value = int(whole)
+        if value > (1 << 63) // unit:
+            raise _too_long(text)
+        value *= unit
+        if fraction:
+            # Go keeps the leading fraction digits while they fit in an int64.
+            f, scale = 0, 1.0
+            for digit in fraction:
+                if f > ((1 << 63) - 1) // 10 or f * 10 + int(digit) > 1 << 63:
+                    break
+                f, scale = f * 10 + int(digit), scale * 10
+            value += int(float(f) * (float(unit) / scale))
+            if value > 1 << 63:
+                raise _too_long(text)
+        total += value
+        if total > 1 << 63:
+            raise _too_long(text)
+    if total > MAX_DURATION_NANOS:
+        raise _too_long(text)
+    return total
+
+
+def _too_long(text: str) -> ValueError:
+    return ValueError(f"invalid duration {text!r}: longer than Go allows ({MAX_DURATION_TEXT})")
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``30s``, ``5m`` or ``1h30m`` (Go/Prometheus style)."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    return go_duration_nanos(text) / 1e9
 
 
 def _duration(value: str) -> str:
@@ -79,14 +117,51 @@ Pause = Annotated[
 
 
 class _Spec(BaseModel):
-    # Unknown fields are an error: in local mode a typo must not be silently ignored
-    # (the API server prunes them anyway).
+    """Spec models accept exactly what the API server accepts (kubectl, fieldValidation=Strict):
+
+    - unknown fields are an error (a typo must not be silently ignored locally);
+    - strict types: no ``"10"`` for a number, no ``true`` for an integer, no ``"yes"`` for a
+      boolean; a whole float (``10.0``) is an integer, as kube-openapi takes it and as kubectl
+      sends it (``Int``);
+    - ``null`` for a field is as if it were absent, as the API server prunes it (or applies
+      the field's default);
+    - no NaN or infinity (JSON has none).
+
+    ``tests/unit/test_spec_parity.py`` checks this against the CRD over generated specs.
+    """
+
     model_config = ConfigDict(
         alias_generator=AliasGenerator(alias=to_camel),
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        strict=True,
+        allow_inf_nan=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: object) -> object:
+        if isinstance(data, dict) and any(v is None for v in data.values()):
+            known = set(cls.model_fields)
+            known |= {f.alias for f in cls.model_fields.values() if f.alias}
+            return {k: v for k, v in data.items() if not (v is None and k in known)}
+        return data
+
+
+_MAX_SAFE_FLOAT_INT = 2**53 - 1
+
+
+def _json_integer(value: object) -> object:
+    """Integers as the API server takes them: int64, or a whole float within 2^53."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_SAFE_FLOAT_INT:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError("integer out of the 64-bit range")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class _Status(BaseModel):
@@ -130,9 +205,9 @@ class ModelRef(_Spec):
 
 
 class Autoscaling(_Spec):
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
-    max_replicas: int = Field(default=3, ge=1, le=1000, description="Most replicas.")
-    target_cpu_utilization_percentage: int = Field(
+    min_replicas: Int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: Int = Field(default=3, ge=1, le=1000, description="Most replicas.")
+    target_cpu_utilization_percentage: Int = Field(
         default=70,
         ge=1,
         le=100,
@@ -156,7 +231,24 @@ _SUFFIX = {
     **{s: 1000.0**i for i, s in enumerate("kMGTPE", 1)},
     **{s + "i": 1024.0**i for i, s in enumerate("KMGTPE", 1)},
 }
+_EXACT_SUFFIX = {
+    **{"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1)},
+    **{s: Decimal(1000) ** i for i, s in enumerate("kMGTPE", 1)},
+    **{s + "i": Decimal(1024) ** i for i, s in enumerate("KMGTPE", 1)},
+}
 _STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def quantity_value(text: str) -> Decimal:
+    """The exact value of a Kubernetes quantity, for comparisons as the API server makes them."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"invalid quantity {text!r}: use e.g. 500m, 2, 256Mi, 1Gi")
+    number, suffix = match.group(1), match.group(3) or ""
+    if suffix[:1] in ("e", "E"):
+        return Decimal(number + suffix)
+    factor = _EXACT_SUFFIX[suffix]
+    return Decimal(number) * factor
 
 
 def parse_quantity(text: str) -> float:
@@ -170,13 +262,20 @@ def parse_quantity(text: str) -> float:
     return float(number) * _SUFFIX[suffix]
 
 
+QUANTITY_MAX_LENGTH = 64
+
+
 def _quantity(text: str) -> str:
+    if len(text) > QUANTITY_MAX_LENGTH:
+        raise ValueError(f"quantity is longer than {QUANTITY_MAX_LENGTH} characters")
     parse_quantity(text)
     return text
 
 
 def _quantity_text(value: object) -> object:
-    # YAML users write `cpu: 2` and `nvidia.com/gpu: 1`, as in any Deployment.
+    # YAML users write `cpu: 2` and `nvidia.com/gpu: 1`, as in any Deployment; a negative
+    # number becomes "-1", which the pattern refuses (the CRD's CEL rule refuses the integer).
+    value = _json_integer(value)
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
@@ -191,6 +290,7 @@ Quantity = Annotated[
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
         }
     ),
 ]
@@ -202,18 +302,31 @@ def _resource_name_ok(name: str) -> bool:
     return name in _STANDARD_RESOURCES or name.startswith("hugepages-") or "/" in name
 
 
+MAX_RESOURCES = 16
+
+
 class Resources(_Spec):
     requests: dict[str, Quantity] = Field(
         default_factory=lambda: {"cpu": "100m", "memory": "256Mi"},
+        max_length=MAX_RESOURCES,
         description="Resource requests per model server container (Kubernetes quantities).",
     )
     limits: dict[str, Quantity] = Field(
         default_factory=lambda: {"memory": "1Gi"},
+        max_length=MAX_RESOURCES,
         description=(
             "Resource limits per model server container (Kubernetes quantities). Replaced "
             "whole when set; a request may not exceed its limit."
         ),
     )
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _null_quantities_are_absent(cls, value: object) -> object:
+        # The API server prunes a null map value as it prunes a null field.
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if v is not None}
+        return value
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> Resources:
@@ -226,7 +339,7 @@ class Resources(_Spec):
                 )
         for name, request in self.requests.items():
             limit = self.limits.get(name)
-            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+            if limit is not None and quantity_value(request) > quantity_value(limit):
                 raise ValueError(
                     f"resources: requests.{name} {request} is more than limits.{name} {limit}"
                 )
@@ -245,7 +358,7 @@ class EnvVar(_Spec):
 
 
 class Serving(_Spec):
-    replicas: int | None = Field(
+    replicas: Int | None = Field(
         default=None,
         ge=0,
         le=1000,
@@ -295,7 +408,7 @@ class Serving(_Spec):
 class Step(_Spec):
     """One canary step: a traffic weight, held until analysis passes and the pause ends."""
 
-    weight: int = Field(
+    weight: Int = Field(
         ge=0,
         le=100,
         description=(
@@ -311,6 +424,12 @@ class Step(_Spec):
             "passes. 'manual': wait for controls.resume (or controls.promote)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _pause_fits(self) -> Step:
+        if self.pause is not None and self.pause != MANUAL:
+            parse_duration(self.pause)  # refuses what Go's time.Duration cannot hold
+        return self
 
     @property
     def pause_seconds(self) -> float | None:
@@ -333,6 +452,11 @@ class OnProviderError(_Spec):
         default="10m",
         description="How long provider errors may last before the action's consequence.",
     )
+
+    @model_validator(mode="after")
+    def _max_hold_fits(self) -> OnProviderError:
+        parse_duration(self.max_hold)  # refuses what Go's time.Duration cannot hold
+        return self
 
 
 class ErrorRateCheck(_Spec):
@@ -413,7 +537,7 @@ class FeedbackAccuracyCheck(_Spec):
         le=1,
         description="Largest allowed accuracy drop versus stable (count-based, with confidence).",
     )
-    min_samples: int = Field(
+    min_samples: Int = Field(
         default=50, ge=1, description="Feedback events needed before judging accuracy."
     )
 
@@ -540,7 +664,7 @@ class Analysis(_Spec):
             "checks. Larger passes healthy canaries on fewer requests."
         ),
     )
-    min_samples: int = Field(
+    min_samples: Int = Field(
         default=100,
         ge=1,
         description=(
@@ -548,7 +672,7 @@ class Analysis(_Spec):
             "no minimum: the tests are valid at any sample size)."
         ),
     )
-    failure_limit: int = Field(
+    failure_limit: Int = Field(
         default=2,
         ge=1,
         le=100,
@@ -717,7 +841,7 @@ class Traffic(_Spec):
         pattern=r"^[A-Za-z0-9-]+$",
         description="Request header whose value pins a caller to one track (e.g. x-user-id).",
     )
-    shadow_percent: int = Field(
+    shadow_percent: Int = Field(
         default=0,
         ge=0,
         le=100,
@@ -880,6 +1004,44 @@ CEL_RULES: dict[type[BaseModel], list[dict[str, str]]] = {
             "self.traffic.agreement.percent > 0)",
             "message": "the agreement gate needs traffic.agreement.percent > 0",
         },
+    ],
+    Resources: [
+        *(
+            {
+                "rule": f"!has(self.{kind}) || self.{kind}.all(k, k in ['cpu', 'memory', "
+                "'ephemeral-storage'] || k.startsWith('hugepages-') || k.contains('/'))",
+                "message": f"{kind}: unknown resource name (use cpu, memory, ephemeral-storage, "
+                "hugepages-<size> or a domain-qualified name)",
+            }
+            for kind in ("requests", "limits")
+        ),
+        *(
+            {
+                "rule": f"!has(self.{kind}) || self.{kind}.all(k, type(self.{kind}[k]) != int "
+                f"|| self.{kind}[k] >= 0)",
+                "message": f"{kind}: a quantity may not be negative",
+            }
+            for kind in ("requests", "limits")
+        ),
+        {
+            "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+            "!(k in self.limits) || quantity(string(self.requests[k])).compareTo("
+            "quantity(string(self.limits[k]))) <= 0)",
+            "message": "a request may not exceed its limit",
+        },
+    ],
+    Step: [
+        {
+            "rule": "!has(self.pause) || self.pause == 'manual' || "
+            "duration(self.pause) >= duration('0s')",
+            "message": f"pause must be a duration Go can hold (at most {MAX_DURATION_TEXT})",
+        }
+    ],
+    OnProviderError: [
+        {
+            "rule": "duration(self.maxHold) >= duration('0s')",
+            "message": f"maxHold must be a duration Go can hold (at most {MAX_DURATION_TEXT})",
+        }
     ],
     Autoscaling: [
         {
