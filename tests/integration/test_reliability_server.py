@@ -221,6 +221,26 @@ def test_a_partial_body_then_silence_is_408_and_counted(
     assert after == before + 1
 
 
+def test_headers_then_no_body_at_all_is_408_and_counted(server: RunningServer) -> None:
+    before = metric(
+        server, "mlrollout_model_requests_total", endpoint="feedback", outcome="client_error"
+    )
+    sock = connect(server)
+    try:
+        sock.sendall(
+            b"POST /feedback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n"
+        )
+        status, headers, answer = read_response(sock)
+    finally:
+        sock.close()
+    assert status == 408 and headers["connection"] == "close", answer
+    after = metric(
+        server, "mlrollout_model_requests_total", endpoint="feedback", outcome="client_error"
+    )
+    assert after == before + 1
+
+
 # --- upgrades and CONNECT ------------------------------------------------------------------
 
 
