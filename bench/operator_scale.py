@@ -77,7 +77,7 @@ class ScaleConfig:
     idle_window_s: float = 60.0
     analysis_window_s: float = 60.0
     settle_timeout_s: float = 1200.0
-    canary_settle_s: float = 600.0  # then analysis is measured over the canaries at 10 %
+    canary_settle_s: float = 300.0  # then analysis is measured over the canaries at 10 %
     create_threads: int = 8  # the bench's POSTs of the burst
 
     def __post_init__(self) -> None:
