@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata as md
-import json
 import shutil
 import statistics
 import sys
@@ -207,11 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated rollouts of the healthy noisy scenario (others: a fifth)",
     )
     parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the sections not run from the existing docs/bench/results.json",
-    )
-    parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny durations, no peers: checks the harness, not speed",
@@ -314,14 +308,6 @@ def main(argv: list[str] | None = None) -> int:
                 results["controlplane"] = controlplane_section(args.smoke)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.merge:
-        old = args.out / "bench" / "results.json"
-        if old.exists():
-            previous = json.loads(old.read_text())
-            for key in SECTIONS:
-                if key not in sections and key in previous:
-                    results[key] = previous[key]
-            results.setdefault("notes", previous.get("notes"))
     results["targets"] = _targets(results)
     path = write_report(results, args.out)
     print(f"bench: wrote {path}")

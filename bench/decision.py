@@ -481,7 +481,7 @@ def run(
 @dataclass(frozen=True)
 class DecisionConfig:
     rollouts: int = 1000  # for the healthy noisy scenario (the alpha target)
-    others: int = 200  # for every other scenario
+    others: int = 150  # for every other scenario
     alpha: float = 0.01
     seed: int = 1
 
@@ -501,7 +501,7 @@ def section(cfg: DecisionConfig, progress: Callable[[str], None] | None = None) 
     engine_rollouts, engine_cpu = 0, 0.0
     for i, sc in enumerate(scenarios()):
         n = cfg.rollouts if i == 0 else cfg.others
-        horizon = 900.0 if sc.world.rps < 5 else 1800.0
+        horizon = 600.0 if sc.world.rps < 5 else 1800.0
         agreement = "agreement" in sc.note
         metrics = {"metrics": {"agreement": {}}} if agreement else {}
         spec = base_spec({"alpha": cfg.alpha, **metrics}, agreement)
@@ -533,7 +533,7 @@ def section(cfg: DecisionConfig, progress: Callable[[str], None] | None = None) 
         "(mlrollout 0.1: minSamples 100 per 30 s window, Fisher vs stable at p < 0.05, error "
         "rate <= 5%, p95 <= 1.5x stable's, failureLimit 2). Times and requests are medians "
         "over decided rollouts; bad answers are canary errors plus wrong answers clients got. "
-        f"Horizon 30 min (15 min at 1 request/s): what is not decided by then is `undecided`.",
+        f"Horizon 30 min (10 min at 1 request/s): what is not decided by then is `undecided`.",
         "",
         "| scenario | policy | rollouts | rolled back | promoted | undecided | time to decision | canary requests | bad answers |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -14,6 +14,7 @@ RUN python -m venv --without-pip /opt/venv
 # Dependencies before sources, so code changes reuse this layer.
 RUN pip --python /opt/venv/bin/python install \
       "kopf>=1.37" \
+      "numpy>=1.26" \
       "kubernetes>=29" \
       "pydantic>=2.6" \
       "pyyaml>=6" \

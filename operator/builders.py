@@ -198,10 +198,28 @@ def _container_security() -> Obj:
     }
 
 
-def _writable_volumes() -> tuple[list[Obj], list[Obj]]:
-    volumes = [
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+# The model server caps a download and a tarball's contents at MLROLLOUT_MAX_ARTIFACT_BYTES
+# (1 GiB unless serving.env sets it; services/model/artifact.py); the cache holds both, so
+# its emptyDir gets twice that plus room, and a hostile artifact cannot fill the node's disk
+# (beyond the limit the kubelet evicts the pod).
+MAX_ARTIFACT_BYTES_ENV = "MLROLLOUT_MAX_ARTIFACT_BYTES"
+DEFAULT_MAX_ARTIFACT_BYTES = 1 << 30
+CACHE_HEADROOM_MI = 512
+TMP_SIZE_LIMIT = "256Mi"
+
+
+def cache_size_limit(env: Mapping[str, str]) -> str:
+    raw = str(env.get(MAX_ARTIFACT_BYTES_ENV, "")).strip()
+    cap = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ARTIFACT_BYTES
+    return f"{-(-2 * cap // (1 << 20)) + CACHE_HEADROOM_MI}Mi"
+
+
+def _writable_volumes(
+    cache_limit: str | None = None, tmp_limit: str | None = None
+) -> tuple[list[Obj], list[Obj]]:
+    volumes: list[Obj] = [
+        {"name": "cache", "emptyDir": {"sizeLimit": cache_limit} if cache_limit else {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_limit} if tmp_limit else {}},
     ]
     mounts = [
         {"name": "cache", "mountPath": CACHE_DIR},
@@ -238,7 +256,7 @@ def revision_deployment(owner: Owner, model: ModelRef, serving: Serving, track: 
     pod_labels = labels(
         md, "model-server", version=model.version, revision=model.revision, track=track
     )
-    volumes, mounts = _writable_volumes()
+    volumes, mounts = _writable_volumes(cache_size_limit(serving.env), TMP_SIZE_LIMIT)
     env = {
         **serving.env,
         "MODEL_URI": model.uri,

@@ -50,6 +50,7 @@ _KEEP = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "properties",
     "required",
@@ -97,10 +98,25 @@ def _rules_by_name() -> dict[str, list[dict[str, str]]]:
     return {cls.__name__: rules for cls, rules in m.CEL_RULES.items()}
 
 
+_CONSTRAINT_NAMES = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusiveMinimum",
+    "lt": "exclusiveMaximum",
+    "min_length": "minLength",
+    "max_length": "maxLength",
+}
+
+
 def _convert(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, str]]]) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
+    # Constraints on an annotated type inside a union (``Int | None``) come out of pydantic
+    # under their Python names.
+    for python, schema in _CONSTRAINT_NAMES.items():
+        if python in node:
+            node[schema] = node.pop(python)
     if "$ref" in node:
         name = node.pop("$ref").rsplit("/", 1)[-1]
         target = _convert(defs[name], defs, rules)

@@ -1,6 +1,6 @@
 """kopf handler registration only: ``kopf run -m mlrollout.operator.main [--all-namespaces]``.
 
-Bodies live in ``handlers.py``; Kubernetes plug-ins in ``k8s_runtime.py``.
+Bodies live in ``handlers.py``; Kubernetes plug-ins in ``k8s_runtime.py`` and ``k8s_routers.py``.
 Settings come from ``MLROLLOUT_*`` variables (``settings.py``), read once at import.
 
 No kopf timer: change handlers (create, spec update, resume) reconcile at once, and the
@@ -29,6 +29,7 @@ from mlrollout.operator import k8s_runtime as kr
 from mlrollout.operator.builders import Owner
 from mlrollout.operator.handlers import Deps, Emit
 from mlrollout.operator.interfaces import Event, Runtime, TrafficRouter
+from mlrollout.operator.k8s_routers import make_router
 from mlrollout.operator.kube import USER_AGENT, Kube, NotFound
 from mlrollout.operator.model import GROUP, PLURAL, VERSION, Traffic
 from mlrollout.operator.pacer import Pacer
@@ -63,7 +64,7 @@ class KubePlugins:
         return kr.KubeRuntime(self.kube, owner, traffic, emit, self.router_image, self.shared_seen)
 
     def router(self, owner: Owner, traffic: Traffic) -> TrafficRouter:
-        return kr.make_router(self.kube, owner, traffic)
+        return make_router(self.kube, owner, traffic)
 
 
 def _owner(body: Mapping[str, Any]) -> Owner:

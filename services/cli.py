@@ -40,7 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "print or check the ModelDeployment CRD generated from the models",
     ),
     "loadgen": (
-        "mlrollout.operator.local.loadgen",
+        "mlrollout.operator.local.loadgen_cli",
         "send steady prediction traffic to an endpoint",
     ),
     "completion": (

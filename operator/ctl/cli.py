@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlrollout.operator.ctl import view
+from mlrollout.operator.ctl import controls, view
 from mlrollout.operator.ctl.stores import (
     KubeStore,
     LocalStore,
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     except NotFoundError as exc:
         _err(command, str(exc))
         return view.EXIT_USAGE
-    except view.Refused as exc:
+    except controls.Refused as exc:
         _err(command, str(exc))
         return view.EXIT_USAGE
     except StoreError as exc:
@@ -280,7 +280,7 @@ def cmd_status(store: RolloutStore, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
-def _act(store: RolloutStore, args: argparse.Namespace, action: view.Action) -> int:
+def _act(store: RolloutStore, args: argparse.Namespace, action: controls.Action) -> int:
     applied = None
     if not args.dry_run:
         applied = store.patch(args.name, action.patch)
@@ -300,7 +300,9 @@ def _act(store: RolloutStore, args: argparse.Namespace, action: view.Action) -> 
 
 def cmd_control(store: RolloutStore, args: argparse.Namespace) -> int:
     snap = store.get(args.name)
-    action = view.plan_control(snap, args.ctl_command, _now(), full=getattr(args, "full", False))
+    action = controls.plan_control(
+        snap, args.ctl_command, _now(), full=getattr(args, "full", False)
+    )
     return _act(store, args, action)
 
 
@@ -315,7 +317,7 @@ def cmd_history(store: RolloutStore, args: argparse.Namespace) -> int:
 
 def cmd_undo(store: RolloutStore, args: argparse.Namespace) -> int:
     snap = store.get(args.name)
-    return _act(store, args, view.plan_undo(snap, _now(), args.to_revision))
+    return _act(store, args, controls.plan_undo(snap, _now(), args.to_revision))
 
 
 COMMAND_RUNNERS: dict[str, Callable[[RolloutStore, argparse.Namespace], int]] = {

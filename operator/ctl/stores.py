@@ -18,6 +18,7 @@ from mlrollout.operator.api import GROUP
 from mlrollout.operator.ctl import yamledit
 from mlrollout.operator.ctl.view import EventRecord, Snapshot, parse_time
 from mlrollout.operator.kube import Kube, KubeError
+from mlrollout.operator.rundir import EVENTS_FILE, RUN_FILE, STATE_FILE
 from mlrollout.services.osutil import write_atomic
 
 EVENTS_KEPT = 20
@@ -134,7 +135,7 @@ def find_run_dir(name: str | None, local: Path | None, cwd: Path) -> Path | None
     bases = [local] if local is not None else [cwd]
     for base in bases:
         assert base is not None
-        if (base / "state.json").exists() or (base / "run.json").exists():
+        if (base / STATE_FILE).exists() or (base / RUN_FILE).exists():
             return base
         if name is not None and (base / ".mlrollout" / name).is_dir():
             return base / ".mlrollout" / name
@@ -175,13 +176,11 @@ class LocalStore:
         self.root = root
 
     def _dirs(self) -> list[Path]:
-        if (self.root / "state.json").exists() or (self.root / "run.json").exists():
+        if (self.root / STATE_FILE).exists() or (self.root / RUN_FILE).exists():
             return [self.root]
         base = self.root / ".mlrollout"
         return (
-            sorted(p for p in base.glob("*") if (p / "state.json").exists())
-            if base.is_dir()
-            else []
+            sorted(p for p in base.glob("*") if (p / STATE_FILE).exists()) if base.is_dir() else []
         )
 
     def _dir_of(self, name: str) -> Path:
@@ -201,7 +200,7 @@ class LocalStore:
 
     def _read(self, run_dir: Path) -> Snapshot:
         try:
-            state = json.loads((run_dir / "state.json").read_text())
+            state = json.loads((run_dir / STATE_FILE).read_text())
         except FileNotFoundError:
             state = {}
         except (OSError, ValueError) as exc:
@@ -225,7 +224,7 @@ class LocalStore:
                 message=str(e.get("message", "")),
                 time=parse_time(e.get("time")),
             )
-            for e in read_jsonl(run_dir / "events.jsonl", EVENTS_KEPT)
+            for e in read_jsonl(run_dir / EVENTS_FILE, EVENTS_KEPT)
         ]
         return Snapshot(
             name=str(state.get("deployment") or run.get("deployment") or run_dir.name),
@@ -259,14 +258,14 @@ class LocalStore:
 
 def _deployment(run_dir: Path) -> str | None:
     try:
-        return str(json.loads((run_dir / "state.json").read_text()).get("deployment"))
+        return str(json.loads((run_dir / STATE_FILE).read_text()).get("deployment"))
     except (OSError, ValueError):
         return None
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     try:
-        doc = json.loads((run_dir / "run.json").read_text())
+        doc = json.loads((run_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}

@@ -6,23 +6,20 @@ One call moves a ModelDeployment at most one step. The order inside a call is fi
 2. target: which revision the spec asks for versus stable, canary and rejected ones;
 3. progress: readiness, analysis verdicts, step advance, promotion or rollback.
 
-``wanted_revisions`` and ``plan_queries`` run steps 1-2 on their own so that the act
-layer can start revisions and run queries before calling ``decide``; the steps are
-idempotent, so ``decide`` reaches the same target.
+``wanted_revisions`` and ``plan_queries`` (``plan.py``) run steps 1-2 on their own so that
+the act layer can start revisions and run queries before calling ``decide``; the steps are
+idempotent, so ``decide`` reaches the same target. Judging the canary is ``judge.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import mlrollout.operator.decide.analysis as verdicts
-import mlrollout.operator.decide.checks as checks
 import mlrollout.operator.decide.guard as guard
-from mlrollout.operator import queries
 from mlrollout.operator.decide.conditions import set_condition
+from mlrollout.operator.decide.judge import judge, router_guard, stable_drift, undecided
 from mlrollout.operator.decide.lifecycle import (
     Counter,
     Work,
@@ -33,14 +30,18 @@ from mlrollout.operator.decide.lifecycle import (
     rollback,
     set_phase,
 )
+from mlrollout.operator.decide.plan import Observations as Observations
+from mlrollout.operator.decide.plan import (
+    analysis_due,
+    is_ready,
+    revision_specs,
+)
+from mlrollout.operator.decide.plan import plan_queries as plan_queries
+from mlrollout.operator.decide.plan import wanted_revisions as wanted_revisions
 from mlrollout.operator.interfaces import (
-    DeploymentKey,
     Event,
-    ProviderError,
     RevisionSpec,
-    RevisionState,
     RoutingInputs,
-    Sample,
 )
 from mlrollout.operator.model import (
     MANUAL,
@@ -68,16 +69,6 @@ def ready_recheck(waited: float) -> float:
 
 
 @dataclass(frozen=True)
-class Observations:
-    """What the act layer saw: revision readiness and query results by name."""
-
-    revisions: Mapping[str, RevisionState] = field(default_factory=dict)
-    metrics: Mapping[str, Sequence[Sample] | ProviderError] = field(default_factory=dict)
-    # The router guard's report (docs/routing.md): a trip naming the canary is its rollback.
-    router_guard: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
 class Decision:
     status: ModelDeploymentStatus
     wanted: dict[str, RevisionSpec] | None  # None: leave the runtime as it is (InvalidSpec)
@@ -85,88 +76,6 @@ class Decision:
     events: tuple[Event, ...]
     counters: tuple[Counter, ...]
     requeue_after: float
-
-
-def _revision_specs(
-    spec: ModelDeploymentSpec, st: ModelDeploymentStatus
-) -> dict[str, RevisionSpec]:
-    out: dict[str, RevisionSpec] = {}
-    for rev in (st.stable, st.canary):
-        if rev is not None:
-            out[rev.id] = RevisionSpec(
-                revision=rev.id, track=rev.track, model=rev.model_ref(), serving=spec.serving
-            )
-    return out
-
-
-def wanted_revisions(
-    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime
-) -> dict[str, RevisionSpec]:
-    """The revisions to run before deciding: stable, plus the canary the spec asks for."""
-    return _revision_specs(spec, prepare(spec, status, now).st)
-
-
-def _analysis_due(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, now: datetime) -> bool:
-    last = st.analysis.last_run_at
-    return last is None or (now - last).total_seconds() >= parse_duration(
-        spec.rollout.analysis.interval
-    )
-
-
-def _context(
-    spec: ModelDeploymentSpec, st: ModelDeploymentStatus, now: datetime, key: DeploymentKey | None
-) -> checks.Context:
-    assert st.stable is not None and st.canary is not None
-    step_start = st.step_started_at or now
-    rollout_start = st.analysis.started_at or step_start
-    return checks.Context(
-        analysis=spec.rollout.analysis,
-        deployment=key.name if key else "",
-        namespace=key.namespace if key else "",
-        stable_version=st.stable.version,
-        canary_version=st.canary.version,
-        step_seconds=max(0.0, (now - step_start).total_seconds()),
-        rollout_seconds=max(0.0, (now - rollout_start).total_seconds()),
-        steps=len(spec.rollout.steps),
-        carried=dict(st.analysis.carried_evidence),
-        guard_alpha=_guard_alpha(spec),
-    )
-
-
-def _guard_alpha(spec: ModelDeploymentSpec) -> float:
-    """What the router guard spends of ``analysis.alpha`` (both its tests)."""
-    g = guard.table_options(spec).get("guard")
-    if not isinstance(g, Mapping):
-        return 0.0
-    return float(g["alpha"]) * (2 if g.get("minAgreement") is not None else 1)
-
-
-def plan_queries(
-    spec: ModelDeploymentSpec,
-    status: ModelDeploymentStatus,
-    key: DeploymentKey,
-    states: Mapping[str, RevisionState],
-    now: datetime,
-) -> dict[str, str]:
-    """The PromQL queries ``decide`` needs now (empty when no analysis is due)."""
-    st = prepare(spec, status, now).st
-    if st.stable is None or not _analysis_due(spec, st, now):
-        return {}
-    out = queries.stable_drift_queries(key.name, key.namespace, st.stable.version)
-    canary = st.canary
-    if (
-        canary is not None
-        and _ready(states, canary.id)
-        and not st.controls.promote_pending
-        and st.step_started_at is not None  # a step that starts now has no traffic to judge
-    ):
-        out.update(checks.plan(_context(spec, st, now, key)))
-    return out
-
-
-def _ready(states: Mapping[str, RevisionState], rev: str) -> bool:
-    state = states.get(rev)
-    return state is not None and state.ready
 
 
 # --------------------------------------------------------------------------- decide
@@ -185,10 +94,10 @@ def decide(
     if generation is not None:
         st.observed_generation = generation
     assert st.stable is not None
-    st.stable_ready = _ready(observations.revisions, st.stable.id)
+    st.stable_ready = is_ready(observations.revisions, st.stable.id)
     set_condition(st, now, "SpecValid", "True", "Valid", "")
     requeue = parse_duration(spec.rollout.analysis.interval)
-    if _analysis_due(spec, st, now) and _stable_drift(w, observations) and st.canary is None:
+    if analysis_due(spec, st, now) and stable_drift(w, observations) and st.canary is None:
         st.analysis.last_run_at = now  # healthy: the stable drift check is the whole run
     if st.canary is None:
         requeue = min(requeue, _settle(w, spec))
@@ -206,7 +115,7 @@ def decide(
     routing = _routing(spec, st)
     return Decision(
         status=st,
-        wanted=_revision_specs(spec, st),
+        wanted=revision_specs(spec, st),
         routing=routing,
         events=tuple(w.events),
         counters=tuple(w.counters),
@@ -270,9 +179,9 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
     assert st.canary is not None and st.stable is not None
     canary = st.canary
     steps = spec.rollout.steps
-    if _router_guard(w, obs):  # also for a canary that is no longer ready (a dead process)
+    if router_guard(w, obs):  # also for a canary that is no longer ready (a dead process)
         return parse_duration(spec.rollout.analysis.interval)
-    if not _ready(obs.revisions, canary.id):
+    if not is_ready(obs.revisions, canary.id):
         st.not_ready_since = st.not_ready_since or w.now
         st.weights = Weights()
         gone = obs.revisions.get(canary.id)
@@ -305,123 +214,11 @@ def _progress(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> float:
         promote(w, "promoted by controls.promote")
         return float("inf")
     interval = parse_duration(spec.rollout.analysis.interval)
-    if _analysis_due(spec, st, w.now) and not just_started:
-        _judge(w, spec, obs)
+    if analysis_due(spec, st, w.now) and not just_started:
+        judge(w, spec, obs)
         if st.canary is None:  # rolled back
             return interval
     return min(interval, _advance(w, spec))
-
-
-def _router_guard(w: Work, obs: Observations) -> bool:
-    """Roll back when the router reports that its guard took this canary off traffic."""
-    st = w.st
-    assert st.canary is not None
-    state = obs.revisions.get(st.canary.id)
-    trip = guard.trip_of(obs.router_guard, st.canary.version, state.url if state else None)
-    if trip is None:
-        return False
-    verdict = guard.verdict(trip)
-    st.analysis.verdicts = [verdict]
-    st.analysis.last_run_at = w.now
-    w.count("mlrollout_operator_verdicts_total", check=verdict.check, result=verdict.outcome)
-    w.event("Warning", "RouterGuard", verdict.message)
-    rollback(w, "rolledBack", verdict.message)
-    return True
-
-
-def _judge(w: Work, spec: ModelDeploymentSpec, obs: Observations) -> None:
-    st = w.st
-    assert st.canary is not None
-    cfg = spec.rollout.analysis
-    ctx = _context(spec, st, w.now, None)
-    results = verdicts.evaluate(ctx, obs.metrics)
-    outcome = verdicts.run_outcome(results)
-    a = st.analysis
-    a.last_run_at = w.now
-    a.verdicts = results
-    for v in results:
-        w.count("mlrollout_operator_verdicts_total", check=v.check, result=v.outcome)
-    summary = "; ".join(f"{v.check} {v.outcome}: {v.message}" for v in results) or "no checks"
-    sequential = {c.name for c in checks.enabled_checks(cfg) if c.sequential}
-    # Each window check keeps its own streak: another check's noData or pass neither
-    # breaks nor extends it.
-    streaks = dict(a.failure_streaks)
-    for v in results:
-        if v.check in sequential:
-            continue
-        if v.outcome == "fail":
-            streaks[v.check] = streaks.get(v.check, 0) + 1
-        elif v.outcome == "pass":
-            streaks[v.check] = 0
-    a.failure_streaks = {k: n for k, n in streaks.items() if n}
-    a.consecutive_failures = max(a.failure_streaks.values(), default=0)
-    if outcome != "providerError":
-        a.hold_since = None
-    crossed = [v for v in results if v.outcome == "fail" and v.check in sequential]
-    if crossed:
-        w.event("Warning", "AnalysisFailed", summary)
-        reason = "; ".join(f"{v.check} ({v.test}): {v.message}" for v in crossed)
-        rollback(w, "rolledBack", f"sequential test crossed: {reason}")
-        return
-    if outcome == "fail":
-        limit = cfg.failure_limit
-        worst = ", ".join(f"{k} {n}/{limit}" for k, n in sorted(a.failure_streaks.items()))
-        w.event("Warning", "AnalysisFailed", f"failed runs in a row: {worst}: {summary}")
-        over = sorted(k for k, n in a.failure_streaks.items() if n >= limit)
-        if over:
-            rollback(
-                w,
-                "rolledBack",
-                f"analysis failed {limit} times in a row ({', '.join(over)})",
-            )
-        return
-    # A pass counts for the step only if the run saw time at the step's weight and the
-    # step's minimum of canary requests.
-    served = _step_requests(obs)
-    started = st.step_started_at
-    a.step_passed = (
-        outcome == "pass" and started is not None and w.now > started and served >= cfg.min_samples
-    )
-    if outcome == "pass":
-        if a.step_passed:
-            w.event("Normal", "AnalysisPassed", summary)
-        else:
-            w.event(
-                "Normal",
-                "AnalysisInconclusive",
-                f"{served} canary requests at this step, need {cfg.min_samples}: {summary}",
-            )
-        return
-    if outcome in ("noData", "inconclusive"):
-        w.event(
-            "Normal", "AnalysisNoData" if outcome == "noData" else "AnalysisInconclusive", summary
-        )
-        return
-    w.count("mlrollout_operator_analysis_errors_total")
-    a.hold_since = a.hold_since or w.now
-    held = w.since(a.hold_since)
-    policy = cfg.on_provider_error
-    max_hold = parse_duration(policy.max_hold)
-    w.event("Warning", "AnalysisProviderError", f"held {held:.0f}s of {max_hold:.0f}s: {summary}")
-    if held >= max_hold and policy.action == "rollback":
-        rollback(w, "rolledBack", f"metrics unavailable for {held:.0f}s (onProviderError rollback)")
-
-
-def _step_requests(obs: Observations) -> int:
-    value = obs.metrics.get(queries.REQUESTS.format(track="canary") + "@" + checks.STEP)
-    if value is None or isinstance(value, ProviderError):
-        return 0
-    return checks.count(sum(s.value for s in value if s.value == s.value) if value else None)
-
-
-def _undecided(st: ModelDeploymentStatus) -> str:
-    """What the open checks still need, for status and events."""
-    parts = []
-    for v in st.analysis.verdicts:
-        if v.outcome in ("inconclusive", "noData"):
-            more = f" (about {v.needed} more requests)" if v.needed else ""
-            parts.append(f"{v.check} {v.outcome}{more}")
-    return ", ".join(parts) or "no passing run yet"
 
 
 def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
@@ -453,7 +250,7 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
             )
             return parse_duration(cfg.interval)
         if a.hold_since is None and a.verdicts and held >= deadline:
-            open_ = _undecided(st)
+            open_ = undecided(st)
             why = f"no decision after {held:.0f}s (stepDeadline {deadline:.0f}s): {open_}"
             if cfg.on_inconclusive == "rollback":
                 rollback(w, "rolledBack", f"{why} (onInconclusive rollback)")
@@ -476,7 +273,7 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
                 set_phase(w, Phase.PROGRESSING, f"{where}: holding, {why}")
                 return parse_duration(cfg.interval)
         if not a.step_passed:
-            set_phase(w, Phase.PROGRESSING, f"{where}: waiting for evidence: {_undecided(st)}")
+            set_phase(w, Phase.PROGRESSING, f"{where}: waiting for evidence: {undecided(st)}")
             return parse_duration(cfg.interval)
     remaining = 0.0
     if st.controls.resume_pending:
@@ -509,18 +306,6 @@ def _advance(w: Work, spec: ModelDeploymentSpec) -> float:
     )
     set_phase(w, Phase.PROGRESSING, f"step {st.current_step + 1}/{len(steps)} at {nxt}%")
     return parse_duration(spec.rollout.analysis.interval)
-
-
-def _stable_drift(w: Work, obs: Observations) -> bool:
-    """Report stable's input drift as a condition; False when it was not observed."""
-    found = verdicts.stable_input_drift(obs.metrics)
-    if found is None:
-        return False
-    status, reason, message = found
-    changed = set_condition(w.st, w.now, "InputDrift", status, reason, message)
-    if changed and status == "True":
-        w.event("Warning", "InputDrift", message)
-    return True
 
 
 def _conditions(w: Work) -> None:

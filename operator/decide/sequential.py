@@ -1,4 +1,4 @@
-"""Anytime-valid statistics for canary analysis (pure numpy/scipy, no clock, no I/O).
+"""Anytime-valid statistics for canary analysis (pure numpy, no clock, no I/O).
 
 Everything here works on *cumulative counts* and may be evaluated after every new count,
 as often as one likes: the error guarantees hold uniformly over time (Ville's inequality
@@ -22,16 +22,43 @@ simulator of thousands of rollouts fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import brentq
-from scipy.special import betaln
 
 # The Jeffreys prior: adapts to small rates (errors) as well as to rates near 1/2.
 PRIOR_A = 0.5
 PRIOR_B = 0.5
 _BISECT_STEPS = 40
+# The operator image carries numpy but not scipy (a lighter, smaller operator): log-Beta
+# comes from math.lgamma, root finding from bisection.
+_lgamma = np.frompyfunc(math.lgamma, 1, 1)
+
+
+def betaln(a: ArrayLike, b: ArrayLike) -> NDArray[np.float64]:
+    """log B(a, b), elementwise (what scipy.special.betaln computes)."""
+    aa = np.asarray(a, dtype=float)
+    bb = np.asarray(b, dtype=float)
+    out: NDArray[np.float64] = np.asarray(_lgamma(aa) + _lgamma(bb) - _lgamma(aa + bb), dtype=float)
+    return out
+
+
+def _bisect(f: Callable[[float], float], lo: float, hi: float, xtol: float = 1e-10) -> float:
+    """A root of ``f`` in [lo, hi] where f(lo) and f(hi) differ in sign (or one is zero)."""
+    f_lo = f(lo)
+    if f_lo == 0.0:
+        return lo
+    while hi - lo > xtol:
+        mid = 0.5 * (lo + hi)
+        f_mid = f(mid)
+        if f_mid == 0.0:
+            return mid
+        if (f_mid < 0.0) == (f_lo < 0.0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def _log_mixture(k: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -103,7 +130,7 @@ def rate_bounds(
 
 
 def _scalar_bounds(k: float, n: float, alpha: float) -> tuple[float, float]:
-    """``rate_bounds`` for one rate: Brent's method on the same boundary."""
+    """``rate_bounds`` for one rate: bisection on the same boundary."""
     if n <= 0:
         return 0.0, 1.0
     target = float(betaln(k + PRIOR_A, n - k + PRIOR_B) - betaln(PRIOR_A, PRIOR_B)) - math.log(
@@ -116,8 +143,8 @@ def _scalar_bounds(k: float, n: float, alpha: float) -> tuple[float, float]:
 
     centre = min(max(k / n, 1e-12), 1 - 1e-12)
     c = math.log(centre) - math.log1p(-centre)
-    lower = 0.0 if k <= 0 else 1.0 / (1.0 + math.exp(-brentq(excess, -40.0, c, xtol=1e-10)))
-    upper = 1.0 if k >= n else 1.0 / (1.0 + math.exp(-brentq(excess, c, 40.0, xtol=1e-10)))
+    lower = 0.0 if k <= 0 else 1.0 / (1.0 + math.exp(-_bisect(excess, -40.0, c)))
+    upper = 1.0 if k >= n else 1.0 / (1.0 + math.exp(-_bisect(excess, c, 40.0)))
     return lower, upper
 
 

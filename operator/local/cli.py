@@ -24,13 +24,8 @@ from mlrollout.operator.local.manifest import (
 )
 from mlrollout.operator.local.procs import ProcessError, install_signal_handlers
 from mlrollout.operator.local.prom import PrometheusMissingError, find_prometheus
-from mlrollout.operator.local.session import (
-    ANALYSIS_FILE,
-    LocalSession,
-    RunDirBusy,
-    RunLock,
-    SessionOptions,
-)
+from mlrollout.operator.local.session import LocalSession, SessionOptions
+from mlrollout.operator.rundir import ANALYSIS_FILE, STATE_FILE, RunDirBusy, RunLock
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -136,7 +131,7 @@ def port_problem(port: int, host: str = "127.0.0.1") -> str | None:
 
 def _run_locked(args: argparse.Namespace, manifest: Manifest, run_dir: Path) -> int:
     if args.fresh:
-        (run_dir / "state.json").unlink(missing_ok=True)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
     install_signal_handlers()
     options = SessionOptions(
         run_dir=run_dir,

@@ -25,6 +25,7 @@ from mlrollout.operator.local.manifest import Manifest, load_manifest, manifest_
 from mlrollout.operator.local.procs import ManagedProcess, ProcessError, install_signal_handlers
 from mlrollout.operator.local.prom import PrometheusMissingError, find_prometheus
 from mlrollout.operator.local.session import LocalSession, SessionOptions, outcome_of
+from mlrollout.operator.rundir import STATE_FILE
 
 EXPECTED = {"v2": "promoted", "v3": "rolledBack"}
 
@@ -142,7 +143,7 @@ def run_demo(options: DemoOptions, display: LiveDisplay) -> dict[str, str | None
     path = options.work_dir / "fraud.yaml"
     manifest = write_manifest(path, demo_spec("v1", "./models/v1"))
     run_dir = options.work_dir / "run"
-    (run_dir / "state.json").unlink(missing_ok=True)  # the demo always starts from v1
+    (run_dir / STATE_FILE).unlink(missing_ok=True)  # the demo always starts from v1
     (run_dir / "timeline.json").unlink(missing_ok=True)
     session = LocalSession(
         manifest,

@@ -10,10 +10,8 @@ timeline (JSON + PNG).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,146 +29,23 @@ from mlrollout.operator.local.procs import ProcessError, Supervisor, wait_ready
 from mlrollout.operator.local.prom import LocalPrometheus, ScrapeTarget
 from mlrollout.operator.local.router import FileRouter
 from mlrollout.operator.local.runtime import LocalRuntime
-from mlrollout.operator.local.timeline import CheckPoint, Timeline, TimelineEntry, plot
-from mlrollout.operator.model import ModelDeploymentStatus
+from mlrollout.operator.local.timeline import Timeline, entry_from_status, plot
 from mlrollout.operator.prometheus import PrometheusProvider
 from mlrollout.operator.reconcile import ReconcileResult, reconcile
+from mlrollout.operator.rundir import (
+    ANALYSIS_FILE,
+    EVENTS_FILE,
+    RUN_FILE,
+    STATE_FILE,
+    analysis_record,
+    append_jsonl,
+    write_json,
+)
 from mlrollout.operator.webhook import WebhookSender
 from mlrollout.services.netutil import free_port
-from mlrollout.services.osutil import write_atomic
 
 STATE_FORMAT = 1
 QUIET_EVENTS = frozenset({"AnalysisPassed", "AnalysisNoData", "AnalysisInconclusive"})
-# Events the engine emits once per analysis run of a canary (see decide/engine.py _judge).
-ANALYSIS_EVENTS = frozenset(
-    {
-        "AnalysisPassed",
-        "AnalysisFailed",
-        "AnalysisNoData",
-        "AnalysisInconclusive",
-        "AnalysisProviderError",
-    }
-)
-RUN_FILE = "run.json"
-EVENTS_FILE = "events.jsonl"
-ANALYSIS_FILE = "analysis.jsonl"
-LOCK_FILE = "lock"
-
-
-class RunDirBusy(RuntimeError):
-    """Another ``mlrollout dev`` holds the run dir."""
-
-
-class RunLock:
-    """An exclusive lock on a run dir, held for the whole life of one ``mlrollout dev``.
-
-    ``flock`` is released by the kernel when the process dies, so a crash or SIGKILL
-    never leaves a stale lock behind; the file only records who holds it.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunDirBusy(
-                f"another mlrollout dev (pid {holder}) is running on {self.path.parent}; "
-                "stop it first (Ctrl-C there), or use --run-dir for a separate run"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
-
-
-def analysis_record(
-    before: Mapping[str, Any] | None,
-    after: Mapping[str, Any],
-    events: tuple[Event, ...],
-    t: float,
-    total_steps: int,
-    limits: Mapping[str, str],
-) -> dict[str, Any] | None:
-    """One JSON-lines record when this decision included an analysis run, else None (pure).
-
-    Step and weight are those in force while the run's window was measured (before this
-    decision advanced, promoted or rolled back); the verdicts survive promotion/rollback.
-    """
-    reasons = [e.reason for e in events if e.reason in ANALYSIS_EVENTS]
-    a_before = (before or {}).get("analysis") or {}
-    a_after = after.get("analysis") or {}
-    new_run = a_after.get("lastRunAt") is not None and a_after.get("lastRunAt") != a_before.get(
-        "lastRunAt"
-    )
-    # AnalysisInconclusive also reports a step deadline (no run): it counts with a new run.
-    ran = any(r != "AnalysisInconclusive" for r in reasons) or new_run
-    if not ran:
-        return None
-    ref = before if (before or {}).get("canary") else after
-    canary = (ref or {}).get("canary") or {}
-    stable = (ref or {}).get("stable") or {}
-    weights = (ref or {}).get("weights") or {}
-    step = (ref or {}).get("currentStep", 0)
-    outcome = (
-        {
-            "AnalysisPassed": "pass",
-            "AnalysisFailed": "fail",
-            "AnalysisNoData": "noData",
-            "AnalysisInconclusive": "inconclusive",
-            "AnalysisProviderError": "providerError",
-        }.get(reasons[0], "")
-        if reasons
-        else ""
-    )
-    checks = []
-    for v in a_after.get("verdicts") or []:
-        name = str(v.get("check", ""))
-        checks.append(
-            {
-                "check": name,
-                "value": v.get("value"),
-                "threshold": v.get("threshold"),
-                "limit": limits.get(name, ""),
-                "samples": v.get("samples"),
-                "verdict": v.get("outcome"),
-                "message": v.get("message", ""),
-            }
-        )
-    return {
-        "time": datetime.fromtimestamp(t, tz=UTC).isoformat(),
-        "stable": stable.get("version"),
-        "canary": canary.get("version"),
-        "step": f"{int(step) + 1}/{total_steps}" if canary else None,
-        "weight": int(weights.get("canary", 0)) if canary else 0,
-        "outcome": outcome or None,
-        "phaseAfter": after.get("phase"),
-        "checks": checks,
-    }
-
-
-def _append_jsonl(path: Path, doc: Mapping[str, Any]) -> None:
-    # One write of one line on an O_APPEND file: readers never see half a record.
-    with path.open("a") as fh:
-        fh.write(json.dumps(doc, sort_keys=True, default=str) + "\n")
 
 
 @dataclass(frozen=True)
@@ -182,19 +57,6 @@ class SessionOptions:
     router_port: int | None = None
 
 
-def snake(reason: str) -> str:
-    """``RolledBack`` -> ``rolled_back``: event reasons as timeline event names."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", reason).lower()
-
-
-# When one decision has several events, the timeline marks the one that matters most.
-EVENT_PRIORITY = ("rolled_back", "aborted", "promoted", "rollout_started", "superseded", "deployed")
-
-
-def _event_rank(name: str) -> int:
-    return EVENT_PRIORITY.index(name) if name in EVENT_PRIORITY else len(EVENT_PRIORITY)
-
-
 def outcome_of(status: Mapping[str, Any] | None, version: str) -> str | None:
     """The last final outcome (promoted, rolledBack, aborted, superseded) of ``version``."""
     final = {"promoted", "rolledBack", "aborted", "superseded"}
@@ -203,34 +65,6 @@ def outcome_of(status: Mapping[str, Any] | None, version: str) -> str | None:
         if entry.get("version") == version and entry.get("outcome") in final:
             return str(entry["outcome"])
     return None
-
-
-def entry_from_status(
-    status: ModelDeploymentStatus, events: tuple[Event, ...], t: float
-) -> TimelineEntry:
-    """A timeline entry from the reconciled status and the decision's events (pure)."""
-    checks = tuple(
-        CheckPoint(name=v.check, value=v.value, threshold=v.threshold, verdict=str(v.outcome))
-        for v in status.analysis.verdicts
-    )
-    names = [snake(e.reason) for e in events]
-    event = min(names, key=_event_rank) if names else None
-    canary = status.canary
-    return TimelineEntry(
-        t=t,
-        phase=str(status.phase),
-        weights={"stable": status.weights.stable, "canary": status.weights.canary},
-        step=status.current_step if canary else None,
-        stable_version=status.stable.version if status.stable else None,
-        canary_version=canary.version if canary else None,
-        checks=checks if canary else (),
-        event=event,
-        reason="; ".join(e.message for e in events) or status.message,
-    )
-
-
-def _atomic_json(path: Path, doc: Any) -> None:
-    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 class LocalSession:
@@ -248,7 +82,7 @@ class LocalSession:
         self.key = DeploymentKey(manifest.namespace, manifest.name)
         self.run_dir = options.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.run_dir / "state.json"
+        self.state_path = self.run_dir / STATE_FILE
         self.supervisor = Supervisor(self.run_dir / "logs")
         self.runtime = LocalRuntime(self.supervisor, manifest.base_dir, on_event=self._on_event)
         self.router_port = options.router_port or free_port()
@@ -362,7 +196,7 @@ class LocalSession:
         doc = self.run_document(running)
         if doc != self._run_doc:
             self._run_doc = doc
-            _atomic_json(self.run_dir / RUN_FILE, doc)
+            write_json(self.run_dir / RUN_FILE, doc)
 
     def _warm_up(self, timeout: float = 60.0) -> None:
         """On resume, start the saved revisions and wait for them before the first decision.
@@ -426,7 +260,7 @@ class LocalSession:
         self.note(f"resuming from {self.state_path} (phase {(self.status or {}).get('phase')})")
 
     def _save(self) -> None:
-        _atomic_json(
+        write_json(
             self.state_path,
             {
                 "format": STATE_FORMAT,
@@ -480,9 +314,7 @@ class LocalSession:
             check_limits(self.manifest.spec.rollout.analysis),
         )
         if record is not None:
-            _append_jsonl(
-                self.run_dir / ANALYSIS_FILE, {"deployment": self.manifest.name, **record}
-            )
+            append_jsonl(self.run_dir / ANALYSIS_FILE, {"deployment": self.manifest.name, **record})
         self.status = result.status
         self.last = result
         self._save()
@@ -550,7 +382,7 @@ class LocalSession:
     def _on_event(self, deployment: DeploymentKey, event: Event) -> None:
         # Routine analysis results are in the live block already; keep the scrollback for
         # what changed (steps, promotions, rollbacks, failures, processes).
-        _append_jsonl(
+        append_jsonl(
             self.run_dir / EVENTS_FILE,
             {
                 "time": datetime.fromtimestamp(self.clock(), tz=UTC).isoformat(),

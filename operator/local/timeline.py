@@ -8,11 +8,14 @@ JSON is pure apart from the file; the plot uses matplotlib's Agg backend (no dis
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlrollout.operator.interfaces import Event
+from mlrollout.operator.model import ModelDeploymentStatus
 from mlrollout.services.osutil import write_atomic
 
 FORMAT_VERSION = 1
@@ -208,3 +211,43 @@ def plot(timeline: Timeline, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def snake(reason: str) -> str:
+    """``RolledBack`` -> ``rolled_back``: event reasons as timeline event names."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", reason).lower()
+
+
+# When one decision has several events, the timeline marks the one that matters most.
+EVENT_PRIORITY = ("rolled_back", "aborted", "promoted", "rollout_started", "superseded", "deployed")
+
+
+def _event_rank(name: str) -> int:
+    return EVENT_PRIORITY.index(name) if name in EVENT_PRIORITY else len(EVENT_PRIORITY)
+
+
+def entry_from_status(
+    status: ModelDeploymentStatus, events: tuple[Event, ...], t: float
+) -> TimelineEntry:
+    """A timeline entry from the reconciled status and the decision's events (pure)."""
+    checks = tuple(
+        CheckPoint(name=v.check, value=v.value, threshold=v.threshold, verdict=str(v.outcome))
+        for v in status.analysis.verdicts
+    )
+    names = [snake(e.reason) for e in events]
+    event = min(names, key=_event_rank) if names else None
+    canary = status.canary
+    return TimelineEntry(
+        t=t,
+        phase=str(status.phase),
+        weights={"stable": status.weights.stable, "canary": status.weights.canary},
+        step=status.current_step if canary else None,
+        stable_version=status.stable.version if status.stable else None,
+        canary_version=canary.version if canary else None,
+        checks=checks if canary else (),
+        event=event,
+        reason="; ".join(e.message for e in events) or status.message,
+    )

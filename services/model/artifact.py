@@ -5,6 +5,13 @@
 not valid JSON, a digest that does not match. Downloads land in a cache directory under a
 temporary name and are renamed into place only once complete and verified, so a crash or a
 concurrent loader never sees half a file.
+
+Hostile archives cost bounded work and disk: a download, and the bytes a tarball's members
+declare (all of them, extracted or skipped), are capped at ``max_bytes`` (default 1 GiB,
+``MLROLLOUT_MAX_ARTIFACT_BYTES``), checked from each member's header before it is inflated;
+at most ``MAX_MEMBERS`` members; and an expected digest is checked before anything is
+written: against the archive's own digest, else against ``model.onnx`` inflated in memory
+chunk by chunk (never to disk).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,10 @@ CARD_FILE = "model.json"
 REQUIRED_FILES = (MODEL_FILE, PROFILE_FILE, CARD_FILE)
 CARD_KEYS = ("name", "version", "task", "inputs", "sha256")
 DOWNLOAD_TIMEOUT_S = 60.0
+DEFAULT_MAX_BYTES = 1 << 30
+MAX_BYTES_ENV = "MLROLLOUT_MAX_ARTIFACT_BYTES"
+# An artifact has three files; a few more (a README, folders) are tolerated and skipped.
+MAX_MEMBERS = 64
 _CHUNK = 1 << 20
 
 
@@ -68,6 +80,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def max_artifact_bytes() -> int:
+    """The cap on a download and on a tarball's contents (``MLROLLOUT_MAX_ARTIFACT_BYTES``)."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ArtifactError(f"{MAX_BYTES_ENV}={raw!r}: must be a number of bytes") from None
+    if value <= 0:
+        raise ArtifactError(f"{MAX_BYTES_ENV}={raw!r}: must be positive")
+    return value
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("MLROLLOUT_CACHE") or os.environ.get("XDG_CACHE_HOME")
     return Path(base) / "mlrollout" if base else Path.home() / ".cache" / "mlrollout"
@@ -78,19 +104,22 @@ def load_artifact(
     *,
     sha256: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    max_bytes: int | None = None,
 ) -> Artifact:
     """Load and verify an artifact from a directory, a ``.tar.gz`` or an ``http(s)://`` URL.
 
     ``sha256``, when given, must be the digest of ``model.onnx`` (the one in ``model.json``)
-    or, for a tarball, of the ``.tar.gz`` file itself. Raises ``ArtifactError`` on anything
-    it cannot verify.
+    or, for a tarball, of the ``.tar.gz`` file itself. ``max_bytes`` caps a download and a
+    tarball's contents (default: ``max_artifact_bytes()``). Raises ``ArtifactError`` on
+    anything it cannot verify.
     """
     text = os.fspath(source)
     scheme = urllib.parse.urlsplit(text).scheme
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     expected = _normalise(sha256)
+    cap = max_bytes if max_bytes is not None else max_artifact_bytes()
     if scheme in ("http", "https"):
-        local = _download(text, cache, expected)
+        local = _download(text, cache, expected, cap)
     elif scheme in ("", "file"):
         local = Path(urllib.parse.urlsplit(text).path if scheme == "file" else text)
         if not local.exists():
@@ -103,7 +132,7 @@ def load_artifact(
         if expected is not None:
             _check_digest(local / MODEL_FILE, expected, what=f"{local}/{MODEL_FILE}")
         return read_artifact_dir(local)
-    return _verified_tarball(local, cache, expected)
+    return _verified_tarball(local, cache, expected, cap)
 
 
 def read_artifact_dir(path: Path) -> Artifact:
@@ -153,18 +182,58 @@ def _normalise(digest: str | None) -> str | None:
     return digest.strip().lower().removeprefix("sha256:") if digest is not None else None
 
 
-def _verified_tarball(tarball: Path, cache: Path, expected: str | None) -> Artifact:
-    unpacked, digest = _unpack(tarball, cache)
-    artifact = read_artifact_dir(unpacked)
-    if expected is not None and expected not in (digest, artifact.sha256):
-        raise ArtifactError(
-            f"sha256 mismatch for {tarball}: expected {expected}, got {digest} for the tarball "
-            f"and {artifact.sha256} for its {MODEL_FILE}"
-        )
-    return artifact
+def _verified_tarball(tarball: Path, cache: Path, expected: str | None, cap: int) -> Artifact:
+    digest = sha256_file(tarball)
+    if expected is not None and expected != digest:
+        # Not the archive's digest: it must be model.onnx's. Check that before writing a
+        # byte, by inflating model.onnx in memory chunk by chunk (within the caps).
+        model_digest = _member_digest(tarball, MODEL_FILE, cap)
+        if model_digest != expected:
+            raise ArtifactError(
+                f"sha256 mismatch for {tarball}: expected {expected}, got {digest} for the "
+                f"tarball and {model_digest or 'nothing'} for its {MODEL_FILE}"
+            )
+    unpacked = _unpack(tarball, digest, cache, cap)
+    return read_artifact_dir(unpacked)
 
 
-def _download(url: str, cache: Path, expected: str | None) -> Path:
+def _members(tar: tarfile.TarFile, tarball: Path, cap: int) -> Iterator[tarfile.TarInfo]:
+    """The members, each checked from its header before its data is read or skipped."""
+    total = 0
+    for count, member in enumerate(tar, 1):
+        if count > MAX_MEMBERS:
+            raise ArtifactError(
+                f"{tarball} has more than {MAX_MEMBERS} members; an artifact has three files"
+            )
+        total += max(member.size, 0)
+        if total > cap:
+            raise ArtifactError(
+                f"{tarball}: {member.name} is {member.size} bytes, and the members so far "
+                f"{total} bytes, over the limit of {cap} bytes ({MAX_BYTES_ENV})"
+            )
+        yield member
+
+
+def _member_digest(tarball: Path, name: str, cap: int) -> str | None:
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in _members(tar, tarball, cap):
+                parts = [p for p in Path(member.name).parts if p not in (".", "")]
+                if member.isfile() and parts and parts[-1] == name and len(parts) <= 2:
+                    source = tar.extractfile(member)
+                    if source is None:
+                        return None
+                    digest = hashlib.sha256()
+                    with source:
+                        while chunk := source.read(_CHUNK):
+                            digest.update(chunk)
+                    return digest.hexdigest()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ArtifactError(f"{tarball} is not a readable .tar.gz artifact: {exc}") from exc
+    return None
+
+
+def _download(url: str, cache: Path, expected: str | None, cap: int) -> Path:
     """Fetch ``url`` into the cache; a digest-addressed hit skips the network.
 
     The file is written under a temporary name and renamed into place only once it is
@@ -183,11 +252,11 @@ def _download(url: str, cache: Path, expected: str | None) -> Path:
                 os.fdopen(fd, "wb") as out,
                 urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
             ):
-                shutil.copyfileobj(resp, out, _CHUNK)
+                _copy_capped(resp, out, cap, url)
         except (urllib.error.URLError, OSError) as exc:
             raise ArtifactError(f"cannot download {url}: {exc}") from exc
         try:
-            _verified_tarball(tmp, cache, expected)
+            _verified_tarball(tmp, cache, expected, cap)
         except ArtifactError as exc:
             raise ArtifactError(f"{url}: {exc}") from exc
         os.replace(tmp, target)
@@ -196,18 +265,33 @@ def _download(url: str, cache: Path, expected: str | None) -> Path:
     return target
 
 
-def _unpack(tarball: Path, cache: Path) -> tuple[Path, str]:
+def _copy_capped(source: Any, out: Any, cap: int, url: str) -> None:
+    declared = source.headers.get("content-length") if hasattr(source, "headers") else None
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise ArtifactError(
+            f"download of {url} is {declared} bytes, over the limit of {cap} bytes ({MAX_BYTES_ENV})"
+        )
+    total = 0
+    while chunk := source.read(_CHUNK):
+        total += len(chunk)
+        if total > cap:
+            raise ArtifactError(
+                f"download of {url} is over the limit of {cap} bytes ({MAX_BYTES_ENV})"
+            )
+        out.write(chunk)
+
+
+def _unpack(tarball: Path, digest: str, cache: Path, cap: int) -> Path:
     """Unpack into ``cache/unpacked/<digest>``: only the three artifact files, never outside it."""
-    digest = sha256_file(tarball)
     target = cache / "unpacked" / digest[:32]
     if target.is_dir():
-        return target, digest
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
     try:
         try:
             with tarfile.open(tarball, "r:gz") as tar:
-                for member in tar.getmembers():
+                for member in _members(tar, tarball, cap):
                     _extract_member(tar, member, staging)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ArtifactError(f"{tarball} is not a readable .tar.gz artifact: {exc}") from exc
@@ -220,7 +304,7 @@ def _unpack(tarball: Path, cache: Path) -> tuple[Path, str]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return target, digest
+    return target
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:

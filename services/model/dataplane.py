@@ -12,7 +12,6 @@ Fault injection (a testing aid for demos of rollbacks on errors, off by default)
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import re
@@ -34,6 +33,8 @@ from mlrollout.services.model.feedback import (
     class_dtype,
     looks_like_id,
 )
+from mlrollout.services.model.feedback_body import FEEDBACK_ID_HEADER as FEEDBACK_ID_HEADER
+from mlrollout.services.model.feedback_body import feedback_items, label_key, regression_labels
 from mlrollout.services.model.runtime import OnnxModel, Prediction
 from mlrollout.services.model.validation import (
     DEFAULT_MAX_BODY_BYTES,
@@ -52,8 +53,6 @@ log = logging.getLogger("mlrollout.dataplane")
 FAULT_ENV = "MLROLLOUT_FAULT_ERROR_RATE"
 REQUEST_ID_HEADER = "x-request-id"
 VERSION_HEADER = "x-mlrollout-version"
-# The server-issued key a label is posted with (docs/serving.md, "Feedback").
-FEEDBACK_ID_HEADER = "x-mlrollout-feedback-id"
 FEEDBACK_BYTES_ENV = "MLROLLOUT_FEEDBACK_BYTES"
 DEFAULT_FEEDBACK_BYTES = DEFAULT_CAPACITY_BYTES
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -138,7 +137,7 @@ class Dataplane:
             feedback_bytes,
             dtype=class_dtype(len(self.model.classes)) if classification else np.float64,
         )
-        self._class_index = {_label_key(c): i for i, c in enumerate(self.model.classes)}
+        self._class_index = {label_key(c): i for i, c in enumerate(self.model.classes)}
         store = self.feedback_store
         self.metrics.feedback_store_bytes = lambda: (store.used_bytes, store.capacity_bytes)
         self._feedback_lock = threading.Lock()
@@ -298,7 +297,7 @@ class Dataplane:
         try:
             if len(body) > self.validator.max_body_bytes:
                 raise InputError(Reason.BODY_TOO_LARGE, None, "feedback body is too large")
-            items = _feedback_items(decode_json(body), self.validator.max_rows)
+            items = feedback_items(decode_json(body), self.validator.max_rows)
             truths = [
                 (fid, self._truth(truth, regression, i)) for i, (fid, truth) in enumerate(items)
             ]
@@ -367,8 +366,8 @@ class Dataplane:
         """Ground truth as stored predictions are: numbers (regressors) or class indices,
         with -1 for a label that is none of the model's classes (always incorrect)."""
         if regression:
-            return _numbers(values, entry)
-        return [self._class_index.get(_label_key(v), -1) for v in values]
+            return regression_labels(values, entry)
+        return [self._class_index.get(label_key(v), -1) for v in values]
 
     # ------------------------------------------------------------------ internals
 
@@ -444,83 +443,3 @@ def _fault_payload(rid: Any) -> dict[str, Any]:
 def _round(probabilities: np.ndarray) -> list[list[float]]:
     # float32 -> 6 decimals: float32 noise like 0.8700000047683716 helps nobody.
     return probabilities.astype(np.float64).round(6).tolist()
-
-
-def _label_key(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _numbers(values: tuple[Any, ...], entry: int) -> list[float]:
-    numbers = []
-    for value in values:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = float("nan")
-        if isinstance(value, bool) or not math.isfinite(number):
-            raise InputError(
-                Reason.WRONG_TYPE,
-                "label",
-                f"feedback entry {entry}: a regression label must be a finite number, got {value!r}",
-            )
-        numbers.append(number)
-    return numbers
-
-
-def _feedback_items(data: Any, max_items: int) -> list[tuple[str, tuple[Any, ...]]]:
-    entries = data if isinstance(data, list) else [data]
-    if not entries:
-        raise InputError(Reason.EMPTY_BATCH, None, "no feedback entries")
-    if len(entries) > max_items:
-        raise InputError(
-            Reason.BATCH_TOO_LARGE,
-            None,
-            f"{len(entries)} feedback entries; the limit is {max_items}",
-        )
-    items = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise InputError(Reason.BAD_STRUCTURE, None, f"feedback entry {i} must be an object")
-        if "request_id" in entry and "feedback_id" not in entry:
-            raise InputError(
-                Reason.MISSING_FEATURE,
-                "feedback_id",
-                f"feedback entry {i}: labels are matched by feedback_id, the server-issued id "
-                f"returned with the prediction (body field, or header {FEEDBACK_ID_HEADER}), "
-                "not by request_id",
-            )
-        rid = entry.get("feedback_id")
-        if not isinstance(rid, str) or not rid:
-            raise InputError(
-                Reason.MISSING_FEATURE,
-                "feedback_id",
-                f"feedback entry {i}: feedback_id must be a non-empty string",
-            )
-        extra = set(entry) - {"feedback_id", "label", "labels"}
-        if extra:
-            name = sorted(extra)[0]
-            raise InputError(
-                Reason.UNKNOWN_FEATURE, name, f"feedback entry {i}: unknown field {name!r}"
-            )
-        if ("label" in entry) == ("labels" in entry):
-            raise InputError(
-                Reason.MISSING_FEATURE,
-                "label",
-                f"feedback entry {i}: give exactly one of label or labels",
-            )
-        truth = [entry["label"]] if "label" in entry else entry["labels"]
-        if not isinstance(truth, list) or not truth:
-            raise InputError(
-                Reason.WRONG_TYPE, "labels", f"feedback entry {i}: labels must be a non-empty list"
-            )
-        for value in truth:
-            if value is None or isinstance(value, dict | list | bool):
-                raise InputError(
-                    Reason.WRONG_TYPE,
-                    "label",
-                    f"feedback entry {i}: a label must be a string or number",
-                )
-        items.append((rid, tuple(truth)))
-    return items

@@ -17,55 +17,16 @@ The common case (all-numeric model, well-formed batch) is handled by one JSON pa
 from __future__ import annotations
 
 import difflib
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
-
-_DecodeFn = Callable[[bytes], Any]
-_EncodeFn = Callable[[Any], bytes]
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _stdlib_codec() -> tuple[_DecodeFn, _EncodeFn, tuple[type[Exception], ...]]:
-    def decode(body: bytes) -> Any:
-        return json.loads(body, parse_constant=_no_constants)
-
-    def encode(payload: Any) -> bytes:
-        return json.dumps(payload, separators=(",", ":")).encode()
-
-    return decode, encode, (ValueError, RecursionError)
-
-
-def _fastest_codec() -> tuple[_DecodeFn, _EncodeFn, tuple[type[Exception], ...]]:
-    # python-rapidjson comes with bentoml. Measured on a 20-feature record: its decoder in
-    # native-number mode parses in 3.5 us against 10 us for stdlib json (1.4 vs 7 us for an
-    # instance row), refuses NaN/Infinity, and dumps a reply in 1.6 us against 6.3 us.
-    # Its native mode rounds about one double in seven to a neighbour 1 ulp away (1e-16
-    # relative); the model takes float32, where that only matters for a value within 1e-16
-    # of a float32 rounding midpoint (the exact default mode costs 1.5-2.5 us more a request).
-    try:
-        import rapidjson
-    except ImportError:  # pragma: no cover - only without rapidjson
-        return _stdlib_codec()
-    decoder = rapidjson.Decoder(number_mode=rapidjson.NM_NATIVE)
-
-    def encode(payload: Any) -> bytes:
-        return rapidjson.dumps(payload).encode()
-
-    return decoder, encode, (rapidjson.JSONDecodeError, ValueError, RecursionError)
-
-
-_decode, encode_json, _DECODE_ERRORS = _fastest_codec()
-
+from mlrollout.services.model.jsoncodec import DECODE_ERRORS, decode
+from mlrollout.services.model.jsoncodec import encode_json as encode_json
 
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -140,8 +101,8 @@ class Batch:
 
 def decode_json(body: bytes) -> Any:
     try:
-        return _decode(body)
-    except _DECODE_ERRORS as exc:
+        return decode(body)
+    except DECODE_ERRORS as exc:
         raise InputError(Reason.MALFORMED_JSON, None, f"body is not valid JSON: {exc}") from exc
 
 

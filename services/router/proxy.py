@@ -41,9 +41,13 @@ REQUEST_ID_HEADER = b"x-request-id"
 # router answered with would match no stored prediction).
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones the router sets itself.
+# The model server's feedback id: issued by the server; only the router proposes one (to a
+# shadow, the stable's), so a client's is dropped (docs/serving.md, "Feedback").
+FEEDBACK_ID_HEADER = b"x-mlrollout-feedback-id"
 _DROP_REQUEST = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-     b"trailer", b"upgrade", b"host", b"content-length", b"expect", REQUEST_ID_HEADER}
+     b"trailer", b"upgrade", b"host", b"content-length", b"expect", REQUEST_ID_HEADER,
+     FEEDBACK_ID_HEADER}
 )  # fmt: skip
 _DROP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"trailer",
@@ -202,11 +206,13 @@ class Router:
             if name == sticky_name:
                 sticky = value.decode("latin-1")
             out += (name, b": ", value, b"\r\n")
-        try:
-            feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
-            forced = forced_track(table, force, feedback)
-        except TableError as exc:
-            return error_reply(400, str(exc))
+        forced = None
+        if force is not None:
+            try:
+                feedback = req.target.split(b"?", 1)[0] == FEEDBACK_PATH
+                forced = forced_track(table, force, feedback)
+            except TableError as exc:
+                return error_reply(400, str(exc))
         track = forced or choose(table, sticky, None, random.random())
         if request_id is None:
             self._id_counter += 1
@@ -380,6 +386,13 @@ class Router:
         try:
             if pool is not None and 200 <= served.status < 300:
                 target = backend.prefix.encode() + req.target
+                # Keep the served answer's feedback id, so mirrored feedback finds the
+                # mirrored prediction on the other track.
+                issued = next(
+                    (v for n, v in served.headers if n.lower() == FEEDBACK_ID_HEADER), None
+                )
+                if issued is not None and _SAFE_REQUEST_ID.fullmatch(issued):
+                    headers += b"x-mlrollout-feedback-id: " + issued + b"\r\n"
                 got = await pool.request(
                     req.method, target, headers, req.body, self.config.shadow_timeout
                 )

@@ -75,6 +75,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.handler = handler
         self.limits = limits or Limits(max_body=max_body)
         self.budget = budget or ByteBudget(self.limits.max_buffered_bytes)
+        self.max_header_bytes = self.limits.max_header_bytes
+        self.max_headers = self.limits.max_headers
         self.max_body = max_body
         self.connections = connections
         self.task: asyncio.Task[None] | None = None  # the request being answered
@@ -91,7 +93,11 @@ class HttpServerProtocol(asyncio.Protocol):
         self.eof = False  # the client half-closed
         self.in_head = True  # between messages, or inside a request line / headers
         self.head_bytes = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the linger after the last answer
+        # When the head or body being received must be complete (checked by the sweeper:
+        # no timer per request on the fast path), and which one it is.
+        self.deadline: float | None = None
+        self.deadline_what = ""
         self.refusal: tuple[int, str] | None = None  # for the message being parsed
         self.close_after = False  # an upgrade offer was ignored: close after answering it
         self._url: list[bytes] = []
@@ -106,33 +112,42 @@ class HttpServerProtocol(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
+        now = self.last_active = self.loop.time()
         if self.discard:
             return
         try:
-            limit = self.limits.max_header_bytes
-            # Feed head bytes in slices no longer than what the limit has left, so that
-            # neither the parser nor this protocol ever holds more than the limit of a
-            # head; a slice that ends the head may carry body bytes (not counted after).
-            while data and self.in_head and not self.discard:
-                room = limit - self.head_bytes
-                if room <= 0:
-                    self._refuse(431, f"request line and headers larger than {limit} bytes")
+            if self.in_head:
+                if self.head_bytes == 0 and self.deadline is None:
+                    self.deadline = now + self.limits.header_timeout
+                    self.deadline_what = "headers"
+                if self.head_bytes + len(data) > self.max_header_bytes:
+                    self._feed_head(data)  # the slow path: near or over the limit
                     return
-                if self.head_bytes == 0 and self.timer is None:
-                    self._start_timer(self.limits.header_timeout, "headers")
-                piece, data = data[:room], data[room:]
-                self.head_bytes += len(piece)
-                self.parser.feed_data(piece)
-            if data and not self.discard:
-                self.parser.feed_data(data)
-            if self.in_head and self.head_bytes >= limit and not self.discard:
-                self._refuse(431, f"request line and headers larger than {limit} bytes")
+                self.head_bytes += len(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgraded()
         except httptools.HttpParserError as exc:
             if not self.discard:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed head bytes in slices no longer than what the limit has left, so that neither
+        the parser nor this protocol ever holds more than the limit of a head; a slice that
+        ends the head may carry body bytes (not counted after it)."""
+        limit = self.max_header_bytes
+        while data and self.in_head and not self.discard:
+            room = limit - self.head_bytes
+            if room <= 0:
+                self._refuse(431, f"request line and headers larger than {limit} bytes")
+                return
+            piece, data = data[:room], data[room:]
+            self.head_bytes += len(piece)
+            self.parser.feed_data(piece)
+        if data and not self.discard:
+            self.parser.feed_data(data)
+        if self.in_head and self.head_bytes >= limit and not self.discard:
+            self._refuse(431, f"request line and headers larger than {limit} bytes")
 
     def eof_received(self) -> bool:
         # The client will send nothing more (a half-close); it still reads: answer what was
@@ -172,17 +187,18 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= self.limits.max_headers:
-            if not self.discard:
-                self._refuse(431, f"more than {self.limits.max_headers} header fields")
-            return
+        # The field count is checked once the head is complete: the 64 KiB head limit
+        # already bounds what a head can hold meanwhile.
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
-        self._stop_timer()
-        self._start_timer(self.limits.body_timeout, "body")
+        self._set_deadline(self.limits.body_timeout, "body")
+        if len(self._headers) > self.max_headers:
+            self._headers = []
+            self._refuse(431, f"more than {self.max_headers} header fields")
+            return
         upgrade = connection_upgrade = False
         for name, value in self._headers:
             if name == b"content-length" and value.strip().isdigit():
@@ -222,7 +238,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._size, self._body = 0, []
 
     def on_message_complete(self) -> None:
-        self._stop_timer()
+        self.deadline = None
         self.in_head = True
         self.head_bytes = 0
         if self.discard:
@@ -233,7 +249,7 @@ class HttpServerProtocol(asyncio.Protocol):
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         req = Request(self.parser.get_method(), b"".join(self._url), self._headers, body)
-        self._body, self._size = [], 0  # the request owns the body (and its budget) now
+        self._size = 0  # the request owns the body (and its budget) now
         self.pending.append((req, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()
@@ -256,23 +272,25 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
 
     # timers
-    def _start_timer(self, seconds: float, what: str) -> None:
-        self._stop_timer()
-        self.timer = self.loop.call_later(seconds, self._timed_out, seconds, what)
+    def _set_deadline(self, seconds: float, what: str) -> None:
+        self.deadline = self.last_active + seconds
+        self.deadline_what = what
 
     def _stop_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self, seconds: float, what: str) -> None:
-        self.timer = None
-        if self.discard:
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: refuse with 408 a head or body not complete in time."""
+        if self.deadline is None or now < self.deadline or self.discard:
             return
         if self.paused:  # the router stopped reading, not the client's fault: wait on
-            self._start_timer(seconds, what)
             return
-        self._refuse(408, f"request {what} not received within {seconds:g}s")
+        what = self.deadline_what
+        limit = self.limits.header_timeout if what == "headers" else self.limits.body_timeout
+        self._refuse(408, f"request {what} not received within {limit:g}s")
 
     # answering
     def _refuse(self, status: int, message: str) -> None:
@@ -396,18 +414,25 @@ async def start_server(
         reuse_address=True,
         backlog=1024,
     )
-    sweeper = loop.create_task(_close_idle(server, connections, idle_timeout))
+    sweeper = loop.create_task(_sweep(server, connections, limits))
     _SWEEPERS.add(sweeper)  # the loop itself keeps only a weak reference to tasks
     sweeper.add_done_callback(_SWEEPERS.discard)
     return server
 
 
-async def _close_idle(
-    server: asyncio.Server, connections: set[HttpServerProtocol], idle_timeout: float
+async def _sweep(
+    server: asyncio.Server, connections: set[HttpServerProtocol], limits: Limits
 ) -> None:
+    """Close idle keep-alive connections; refuse heads and bodies not complete in time.
+
+    Deadlines are checked here, a few times per timeout, instead of by a timer per request.
+    """
+    period = min(limits.idle_timeout / 4, limits.header_timeout / 4, limits.body_timeout / 4, 1.0)
     while server.is_serving():
-        await asyncio.sleep(min(idle_timeout / 4, 5.0))
-        cutoff = asyncio.get_running_loop().time() - idle_timeout
+        await asyncio.sleep(period)
+        now = asyncio.get_running_loop().time()
+        cutoff = now - limits.idle_timeout
         for conn in list(connections):
+            conn.check_deadline(now)
             if not conn.busy and conn.last_active < cutoff and conn.transport is not None:
                 conn.transport.close()

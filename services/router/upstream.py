@@ -95,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.limits = pool.limits
         self.head_bytes = 0
+        self.length: bytes | None = None  # the response's Content-Length
         self.body_size = 0  # bytes of this response's body taken from the pool's budget
 
     # asyncio.Protocol
@@ -109,11 +110,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             if not self.headers_done:
-                if not self.got_bytes:
-                    self.got_bytes = True
-                    self.head_timer = self.pool.loop.call_later(
-                        self.limits.head_timeout, self._head_timed_out
-                    )
+                first = not self.got_bytes
+                self.got_bytes = True
                 limit = self.limits.max_head_bytes
                 while data and not self.headers_done and self.waiter is not None:
                     room = limit - self.head_bytes
@@ -125,6 +123,12 @@ class _Connection(asyncio.Protocol):
                     piece, data = data[:room], data[room:]
                     self.head_bytes += len(piece)
                     self.parser.feed_data(piece)
+                if first and not self.headers_done and self.waiter is not None:
+                    # The head did not come in one piece: it gets head_timeout to finish
+                    # (a timer only on this slow path).
+                    self.head_timer = self.pool.loop.call_later(
+                        self.limits.head_timeout, self._head_timed_out
+                    )
             if data and self.waiter is not None:
                 self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -143,11 +147,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.limits.max_headers:
-            self._fail(
-                UpstreamError(f"response has more than {self.limits.max_headers} headers", False)
-            )
-            return
+        # The count is checked when the head is complete (the head size limit bounds it).
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.length = value
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -157,8 +159,11 @@ class _Connection(asyncio.Protocol):
             self.head_timer = None
         if self.waiter is None:
             return
-        length = next((v for n, v in self.headers if n.lower() == b"content-length"), None)
-        limit = self.limits.max_body_bytes
+        if len(self.headers) > self.limits.max_headers:
+            limit = self.limits.max_headers
+            self._fail(UpstreamError(f"response has more than {limit} headers", False))
+            return
+        length, limit = self.length, self.limits.max_body_bytes
         if length is not None and length.strip().isdigit() and int(length) > limit:
             self._fail(UpstreamError(f"response body larger than {limit} bytes", False))
             return
@@ -212,6 +217,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter = loop.create_future()
         self.headers, self.body, self.body_size, self.got_bytes = [], [], 0, False
         self.headers_done, self.head, self.head_bytes = False, head, 0
+        self.length = None
         self.used = True
         self.timer = loop.call_later(timeout, self._on_timeout, timeout)
         assert self.transport is not None

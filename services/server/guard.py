@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -80,11 +81,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         # A connection that never sends a byte must not stay open either.
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -105,6 +108,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.logger.warning(msg)
                 self.send_400_response(msg)
             return
+        cycle = self.cycle
+        if (
+            not self._in_head
+            and cycle is not None
+            and cycle.more_body
+            and not cycle.body
+            and self._body_timer is None
+        ):
+            # Headers came, no body byte yet: the app waits for its first message without a
+            # timer, so wake it at the body deadline (it then answers 408, counted).
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._body_deadline, cycle
+            )
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._refuse(
                 431,
@@ -159,6 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._refused:
             raise _Refused
+        self._cancel_body_timer()
         super().on_message_complete()
         # Bytes after this belong to the next request's head.
         self._in_head = True
@@ -173,6 +190,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_deadline(self, cycle: Any) -> None:
+        self._body_timer = None
+        if cycle is self.cycle and cycle.more_body and not cycle.response_complete:
+            cycle.message_event.set()  # receive() returns an empty chunk; the app sees the time
 
     def _head_timeout(self) -> None:
         self._head_timer = None

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlrollout.operator.builders import Owner
+from mlrollout.operator.interfaces import Event
+from mlrollout.operator.k8s_runtime import event_object
 
 from tests.doubles.decide import Scenario
 
@@ -106,8 +110,17 @@ def test_kubectl_plugin_get_promote_status_undo_on_a_real_server(
     wide = cp.kubectl("get", "md", "-n", ns, "-o", "wide").stdout.splitlines()[0]
     assert "STABLE-REVISION" in wide and "CANARY-REVISION" in wide
 
+    # An Event exactly as the operator posts it (its own builder), read back by `get`.
+    uid = cp.get_json("md", "wine", "-n", ns)["metadata"]["uid"]
+    event = event_object(
+        Owner(name="wine", namespace=ns, uid=uid),
+        Event("Normal", "RolloutStarted", "canary v2 against stable v1"),
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    cp.kubectl("create", "-f", "-", input=json.dumps(event))
     got = plugin(cp, "get", "wine", "-n", ns)
     assert got.returncode == 0, got.stderr
+    assert "RolloutStarted" in got.stdout and "canary v2 against stable v1" in got.stdout
     assert f"Step:        {step}" in got.stdout and "Canary:      v2  (revision" in got.stdout
     assert "errorRate" in got.stdout
 
@@ -161,8 +174,6 @@ def test_namespace_viewers_read_and_editors_steer_with_the_user_roles(
 ) -> None:
     """manifests/user-roles aggregates into the built-in view/edit roles, so ordinary
     namespace users can use `kubectl mlrollout` without a custom RoleBinding per tool."""
-    import time
-
     cp, ns = cluster
     cp.kubectl("apply", "-k", str(USER_ROLES))
     s = Scenario(spec(), T0)

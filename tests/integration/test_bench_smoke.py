@@ -53,10 +53,15 @@ def test_bench_smoke_writes_report(tmp_path: Path) -> None:
     guard = results["guard"]["summary"]
     assert guard["errors"]["tripped"] == 1 and guard["agreement"]["tripped"] == 1
     assert guard["healthy"]["tripped"] == 0
+    decision = results["decision"]
+    policies = {r["policy"] for r in decision["rows"]}
+    assert {"mlrollout (sequential)", "Flagger-like", "Argo-like"} <= policies
+    assert any(t["target"].startswith("healthy canaries rolled back") for t in results["targets"])
     assert any(t["target"].startswith("operator RSS") for t in results["targets"])
     report = (out / "benchmarks.md").read_text()
     assert "SMOKE" in report and "| mlrollout server |" in report
     assert "## Operator at scale" in report and "## Rollback" in report
     assert "## Router guard and paired agreement" in report
+    assert "## Decision quality" in report
     assert "## Reading these figures" in report
     assert (out / "bench" / "serving-cpu.png").stat().st_size > 1000

@@ -424,3 +424,41 @@ async def test_shadow_agreement_counts_only_answers_with_predictions() -> None:
         await router.aclose()
         for server in servers:
             server.close()
+
+
+class IssuingBackend(FakeBackend):
+    """Issues a feedback id with each answer, as the model server does, and records the
+    feedback id each request proposed (the router passes the stable's to the shadow)."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.proposed: list[bytes | None] = []
+
+    async def handle(self, req: Request) -> Reply:
+        reply = await super().handle(req)
+        if req.target == b"/predict":
+            given = next((v for n, v in req.headers if n == b"x-mlrollout-feedback-id"), None)
+            self.proposed.append(given)
+            issued = given or f"{self.version}-{len(self.proposed)}".encode()
+            reply.headers.append((b"x-mlrollout-feedback-id", issued))
+        return reply
+
+
+async def test_the_shadow_keeps_the_stables_feedback_id(rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """Mirrored feedback carries the stable's feedback id; the shadow canary can only match
+    it if its prediction was kept under that id (docs/serving.md, "Feedback"). A client's
+    own x-mlrollout-feedback-id header never reaches a backend."""
+    stable, canary = IssuingBackend("v1"), IssuingBackend("v2")
+    rig = await rig_factory(stable=stable, canary=canary)
+    rig.load(1, 0, shadowPercent=100)
+    issued = []
+    for i in range(5):
+        resp = await rig.client.post(
+            "/predict",
+            content=json.dumps([i]).encode(),
+            headers={"x-mlrollout-feedback-id": "mine"},
+        )
+        issued.append(resp.headers["x-mlrollout-feedback-id"].encode())
+    await asyncio.gather(*rig.router._shadow_tasks)
+    assert stable.proposed == [None] * 5  # the client's header was dropped
+    assert canary.proposed == issued  # each mirror proposed the stable's id

@@ -306,3 +306,26 @@ def test_model_server_and_router_pods_drain_before_they_stop() -> None:
         assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(DRAIN_SECONDS)]
         grace = obj["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
         assert grace > DRAIN_SECONDS
+
+
+def test_model_server_scratch_volumes_have_size_limits() -> None:
+    """Issue 12 item 6: a hostile artifact must not fill the node's disk. The cache holds a
+    download and its unpacked copy, each capped by the server (MLROLLOUT_MAX_ARTIFACT_BYTES)."""
+    from mlrollout.operator.model import parse_quantity
+    from mlrollout.services.model import artifact
+
+    def limits(serving: b.Serving) -> dict[str, float]:
+        dep = b.revision_deployment(OWNER, MODEL, serving, "canary")
+        return {
+            v["name"]: parse_quantity(v["emptyDir"]["sizeLimit"])
+            for v in dep["spec"]["template"]["spec"]["volumes"]
+        }
+
+    default = limits(SERVING)
+    assert default["cache"] >= 2 * artifact.DEFAULT_MAX_BYTES
+    assert default["cache"] <= 2 * artifact.DEFAULT_MAX_BYTES + (1 << 30)
+    assert 0 < default["tmp"] <= 1 << 30
+    # A larger cap set through serving.env gets a cache that holds it.
+    env = {**SERVING.env, "MLROLLOUT_MAX_ARTIFACT_BYTES": str(4 << 30)}
+    bigger = limits(b.Serving(image="img", env=env))
+    assert bigger["cache"] >= 2 * (4 << 30)

@@ -184,3 +184,29 @@ COMP_WORDS=(mlrollout get fr); COMP_CWORD=2; _mlrollout; echo "3:${{COMPREPLY[*]
     assert lines["2"].split() == ["--full"]
     assert lines["3"].split() == ["fraud"]  # names from `mlrollout list` of the local run
     assert "#compdef" in script("zsh")
+
+
+KUBECTL = Path.home() / ".cache/mlrollout/kube/v1.37.2/bin/kubectl"
+
+
+@pytest.mark.skipif(
+    not KUBECTL.exists() and shutil.which("kubectl") is None,
+    reason="kubectl not built yet (tests/cluster/build.sh builds it; runs once it has)",
+)
+def test_kubectl_completes_the_plugin(tmp_path: Path) -> None:
+    """kubectl (>= 1.26) runs `kubectl_complete-mlrollout` to complete `kubectl mlrollout`."""
+    _path, _run_dir, _s = local_run(tmp_path)
+    kubectl = str(KUBECTL) if KUBECTL.exists() else str(shutil.which("kubectl"))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def complete(*words: str) -> list[str]:
+        out = subprocess.run(
+            [kubectl, "__complete", "mlrollout", *words],
+            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    assert complete("pro") == ["promote", ":4"]
+    assert complete("promote", "--fu") == ["--full", ":4"]
+    assert complete("get", "") == ["fraud", ":4"]  # the local run in the working directory

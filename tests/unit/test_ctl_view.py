@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from mlrollout.operator.ctl import view
+from mlrollout.operator.ctl import controls, view
 from mlrollout.operator.ctl.limits import check_limits, format_value
 from mlrollout.operator.model import Analysis
 
@@ -143,11 +143,11 @@ def test_status_outcomes() -> None:
 
 def test_promote_ends_the_pause_and_full_promotes_now() -> None:
     s = canary_running()
-    one = view.plan_control(snap(s), "promote", s.now)
+    one = controls.plan_control(snap(s), "promote", s.now)
     token = one.patch["spec"]["controls"]["resume"]
     assert token.startswith("promote-")
     assert "Use --full" in one.message
-    full = view.plan_control(snap(s), "promote", s.now, full=True)
+    full = controls.plan_control(snap(s), "promote", s.now, full=True)
     assert set(full.patch["spec"]["controls"]) == {"promote"}
     assert "becomes stable" in full.message
     # The engine does what the message said.
@@ -162,14 +162,14 @@ def test_pause_holds_the_step_and_resume_continues() -> None:
     s.tick()
     step = s.status["currentStep"]
     assert s.status["step"] == "1/2"  # the STEP column of `kubectl get md`
-    action = view.plan_control(snap(s), "pause", s.now)
+    action = controls.plan_control(snap(s), "pause", s.now)
     assert action.patch == {"spec": {"controls": {"paused": True}}}
     s.spec = {**s.spec, "controls": {"paused": True}}
     s.run(300, every=30)
     assert s.phase == "Paused" and s.status["currentStep"] == step
     assert "paused by spec.controls.paused" in s.status["message"]
     assert "can still roll it back" in action.message
-    resume = view.plan_control(snap(s), "resume", s.now)
+    resume = controls.plan_control(snap(s), "resume", s.now)
     assert resume.patch["spec"]["controls"]["paused"] is False
     s.spec = {**s.spec, "controls": resume.patch["spec"]["controls"]}
     s.run(120, every=30)
@@ -187,25 +187,25 @@ def test_paused_canary_is_still_rolled_back_when_it_fails() -> None:
 @pytest.mark.parametrize("action", ["promote", "abort", "pause"])
 def test_controls_without_a_canary_are_refused(action: str) -> None:
     s = healthy()
-    with pytest.raises(view.Refused, match="no canary"):
-        view.plan_control(snap(s), action, s.now)
+    with pytest.raises(controls.Refused, match="no canary"):
+        controls.plan_control(snap(s), action, s.now)
 
 
 def test_resume_refused_when_nothing_is_paused_and_retry_when_nothing_failed() -> None:
     s = healthy()
-    with pytest.raises(view.Refused, match="not paused"):
-        view.plan_control(snap(s), "resume", s.now)
-    with pytest.raises(view.Refused, match="nothing to retry"):
-        view.plan_control(snap(s), "retry", s.now)
+    with pytest.raises(controls.Refused, match="not paused"):
+        controls.plan_control(snap(s), "resume", s.now)
+    with pytest.raises(controls.Refused, match="nothing to retry"):
+        controls.plan_control(snap(s), "retry", s.now)
 
 
 def test_abort_then_retry() -> None:
     s = canary_running()
-    abort = view.plan_control(snap(s), "abort", s.now)
+    abort = controls.plan_control(snap(s), "abort", s.now)
     s.set_control("abort", abort.patch["spec"]["controls"]["abort"])
     s.tick(1)
     assert s.phase == "RolledBack"
-    retry = view.plan_control(snap(s), "retry", s.now)
+    retry = controls.plan_control(snap(s), "retry", s.now)
     assert "a new canary starts" in retry.message
     s.set_control("retry", retry.patch["spec"]["controls"]["retry"])
     s.tick(1)
@@ -238,14 +238,14 @@ def test_history_numbers_revisions_and_keeps_uris() -> None:
 
 def test_undo_goes_back_to_the_previous_stable_through_the_spec() -> None:
     s = promoted_twice()
-    action = view.plan_undo(snap(s), s.now)
+    action = controls.plan_undo(snap(s), s.now)
     model = action.patch["spec"]["model"]
     assert (model["version"], model["uri"]) == ("v2", "https://models.example/v2.tar.gz")
     assert "rolls out as a canary against stable v3" in action.message
-    to_one = view.plan_undo(snap(s), s.now, "1")
+    to_one = controls.plan_undo(snap(s), s.now, "1")
     assert to_one.patch["spec"]["model"]["version"] == "v1"
-    with pytest.raises(view.Refused, match="no revision 9"):
-        view.plan_undo(snap(s), s.now, "9")
+    with pytest.raises(controls.Refused, match="no revision 9"):
+        controls.plan_undo(snap(s), s.now, "9")
     # Through the engine: the spec change starts a canary of v2.
     s.spec = {**s.spec, "model": model}
     s.tick(1)
@@ -261,7 +261,7 @@ def test_undo_to_a_rolled_back_revision_also_retries() -> None:
     s.tick()
     s.set_control("promote", "p3")
     s.tick(1)
-    action = view.plan_undo(snap(s), s.now, "2")
+    action = controls.plan_undo(snap(s), s.now, "2")
     assert action.patch["spec"]["model"]["version"] == "v2"
     assert "retry" in action.patch["spec"]["controls"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from mlrollout.operator.decide import guard
-from mlrollout.operator.k8s_runtime import stale_guard
+from mlrollout.operator.k8s_routers import stale_guard
 from mlrollout.operator.model import ModelDeploymentSpec
 from mlrollout.services.router.table import RoutingTable, parse_table
 

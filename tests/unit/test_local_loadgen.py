@@ -170,7 +170,8 @@ async def test_offset_picks_the_first_record_sent(fake_model) -> None:
 
 
 def test_exit_code_when_everything_failed() -> None:
-    from mlrollout.operator.local.loadgen import LoadReport, exit_code
+    from mlrollout.operator.local.loadgen import LoadReport
+    from mlrollout.operator.local.loadgen_cli import exit_code
 
     report = LoadReport(sent=3)
     for _ in range(3):

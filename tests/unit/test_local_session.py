@@ -10,13 +10,8 @@ import pytest
 from mlrollout.operator.interfaces import Event
 from mlrollout.operator.local.display import LiveDisplay
 from mlrollout.operator.local.manifest import Manifest, parse_manifest
-from mlrollout.operator.local.session import (
-    LocalSession,
-    SessionOptions,
-    entry_from_status,
-    outcome_of,
-    snake,
-)
+from mlrollout.operator.local.session import LocalSession, SessionOptions, outcome_of
+from mlrollout.operator.local.timeline import entry_from_status, snake
 from mlrollout.operator.model import ModelDeploymentStatus
 
 STATUS = {
@@ -165,7 +160,7 @@ def test_tick_before_start_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_one_analysis_record_per_run_with_the_step_and_weight_it_measured() -> None:
-    from mlrollout.operator.local.session import analysis_record
+    from mlrollout.operator.rundir import analysis_record
 
     before = {
         "phase": "Progressing",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,6 +170,53 @@ BAD: list[tuple[dict[str, Any], str, str | None]] = [
         "A given twice",
         None,  # the API server refuses it through x-kubernetes-list-type: map
     ),
+    # Issue 12 item 7: what the API server accepted and only the operator refused, and
+    # durations Go cannot hold.
+    (
+        with_(serving={"resources": {"requests": {"gpu": "1"}}}),
+        "unknown resource name 'gpu'",
+        "requests: unknown resource name (use cpu, memory, ephemeral-storage, "
+        "hugepages-<size> or a domain-qualified name)",
+    ),
+    (
+        with_(serving={"resources": {"limits": {"gpus": "1"}}}),
+        "unknown resource name 'gpus'",
+        "limits: unknown resource name (use cpu, memory, ephemeral-storage, "
+        "hugepages-<size> or a domain-qualified name)",
+    ),
+    (
+        with_(serving={"resources": {"requests": {"cpu": -1}}}),
+        "invalid quantity '-1'",
+        "requests: a quantity may not be negative",
+    ),
+    (
+        with_(serving={"resources": {"limits": {"cpu": -2}}}),
+        "invalid quantity '-2'",
+        "limits: a quantity may not be negative",
+    ),
+    (
+        with_(serving={"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}}),
+        "requests.cpu 2 is more than limits.cpu 1500m",
+        "a request may not exceed its limit",
+    ),
+    (
+        with_(rollout={"steps": [{"weight": 10, "pause": "2562048h"}]}),
+        "longer than Go allows",
+        f"pause must be a duration Go can hold (at most {m.MAX_DURATION_TEXT})",
+    ),
+    (
+        with_(rollout={"analysis": {"onProviderError": {"maxHold": "99999999999h"}}}),
+        "longer than Go allows",
+        f"maxHold must be a duration Go can hold (at most {m.MAX_DURATION_TEXT})",
+    ),
+    (with_(rollout={"steps": [{"weight": "10"}]}), "valid integer", None),
+    (with_(rollout={"steps": [{"weight": True}]}), "valid integer", None),
+    (
+        with_(rollout={"analysis": {"metrics": {"errorRate": {"enabled": "yes"}}}}),
+        "valid boolean",
+        None,
+    ),
+    (with_(rollout={"progressDeadline": "2562048h"}), "longer than Go allows", None),
 ]
 
 
@@ -265,48 +311,20 @@ def test_non_finite_verdict_numbers_are_not_stored() -> None:
 
 def _cel_failures(raw: dict[str, Any]) -> set[str]:
     """Messages of the CRD's CEL rules that fail on ``raw`` after API-server defaulting."""
-    celpy = pytest.importorskip("celpy", reason="cel-python (test extra) evaluates CEL rules")
-    from celpy import celtypes
+    pytest.importorskip("celpy", reason="cel-python (test extra) evaluates CEL rules")
     from mlrollout.operator import crd
 
-    def is_sorted(values: Any) -> Any:  # Kubernetes' list library
-        items = list(values)
-        return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(items)))
+    from tests.doubles.apiserver import cel_failures, ints_for_cel, prune_nulls
 
-    env = celpy.Environment()
     schema = crd.schema_of(m.ModelDeploymentSpec)
-    obj = crd.apply_defaults(schema, copy.deepcopy(raw))
-    failures: set[str] = set()
-
-    def visit(node: dict[str, Any], value: Any) -> None:
-        for rule in node.get("x-kubernetes-validations", []):
-            program = env.program(env.compile(rule["rule"]), functions={"isSorted": is_sorted})
-            if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
-                failures.add(rule["message"])
-        if isinstance(value, dict):
-            for name, sub in node.get("properties", {}).items():
-                if name in value:
-                    visit(sub, value[name])
-        elif isinstance(value, list) and isinstance(node.get("items"), dict):
-            for item in value:
-                visit(node["items"], item)
-
-    visit(schema, _typed(schema, obj))
-    return failures
-
-
-def _typed(node: dict[str, Any], value: Any) -> Any:
-    """``value`` as the API server hands it to CEL: a `type: number` field is a double even
-    when written as 10 (cel-python would make it an int, and `int == double` has no overload
-    in the server's CEL: it refused the CRD for `percent == 0`)."""
-    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):
-        props = node.get("properties", {})
-        return {k: _typed(props[k], v) if k in props else v for k, v in value.items()}
-    if isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [_typed(node["items"], v) for v in value]
-    return value
+    obj = copy.deepcopy(raw)
+    prune_nulls(schema, obj)
+    obj = crd.apply_defaults(schema, obj)
+    # "path: message (evaluation error: ...)" -> the rule's message
+    return {
+        f.split(": ", 1)[1].split(" (evaluation error", 1)[0]
+        for f in cel_failures(schema, ints_for_cel(schema, obj))
+    }
 
 
 @pytest.mark.parametrize(("raw", "cel"), [(raw, cel) for raw, _, cel in BAD if cel is not None])

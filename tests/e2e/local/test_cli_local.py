@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mlrollout.operator.local.session import RunLock
+from mlrollout.operator.rundir import RunLock
 
 from tests.doubles.local import FAST_ANALYSIS, kill_tree, manifest_doc, write_manifest
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from mlrollout.operator import builders as b
-from mlrollout.operator import k8s_runtime as kr
+from mlrollout.operator import k8s_routers as routers
 from mlrollout.operator.interfaces import RoutesChanged
 from mlrollout.operator.kube import Kube
 from mlrollout.operator.reconcile import _put_routes
@@ -88,7 +88,7 @@ def test_a_table_changed_between_read_and_write_is_read_again(kube: Kube) -> Non
     right after ours was read: our guarded write gets a real 409, we read theirs and
     continue its generation instead of overwriting it."""
     o = owner(kube, "routes")
-    router = kr.ConfigMapRouter(kube, o)
+    router = routers.ConfigMapRouter(kube, o)
     url = b.revision_url(o, "r1")
     kube.apply(b.revision_service(o, "r1"))
     doc = {
@@ -107,7 +107,7 @@ def test_a_table_changed_between_read_and_write_is_read_again(kube: Kube) -> Non
     with pytest.raises(RoutesChanged):
         router.set_routes(table.with_generation(4))
 
-    class Overtaken(kr.ConfigMapRouter):
+    class Overtaken(routers.ConfigMapRouter):
         """Reads, then lets another writer in once, like above."""
 
         raced = False

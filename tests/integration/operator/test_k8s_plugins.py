@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes
 import pytest
 from mlrollout.operator import builders as b
+from mlrollout.operator import k8s_routers as routers
 from mlrollout.operator import k8s_runtime as kr
 from mlrollout.operator.interfaces import DeploymentKey, Event, RevisionSpec
 from mlrollout.operator.kube import Kube
@@ -92,7 +93,7 @@ def test_runtime_is_idempotent_and_stops_unwanted_revisions(cluster: Any, kube: 
 def test_configmap_router_round_trips_and_points_track_services(cluster: Any, kube: Kube) -> None:
     ns = "plugins-cm"
     owner = owner_in(kube, ns)
-    router = kr.ConfigMapRouter(kube, owner)
+    router = routers.ConfigMapRouter(kube, owner)
     assert router.get_routes() is None
     table = {
         "generation": 1,
@@ -127,7 +128,7 @@ def test_configmap_router_ignores_a_corrupt_table(cluster: Any, kube: Kube) -> N
     cm = b.routes_configmap(owner, {})
     cm["data"]["table.json"] = "{not json"
     kube.create(cm)
-    assert kr.ConfigMapRouter(kube, owner).get_routes() is None
+    assert routers.ConfigMapRouter(kube, owner).get_routes() is None
 
 
 def test_gateway_router_sets_weights_on_the_http_route(cluster: Any, kube: Kube) -> None:
@@ -142,8 +143,8 @@ def test_gateway_router_sets_weights_on_the_http_route(cluster: Any, kube: Kube)
             },
         }
     )
-    router = kr.make_router(kube, owner, traffic)
-    assert isinstance(router, kr.HTTPRouteRouter)
+    router = routers.make_router(kube, owner, traffic)
+    assert isinstance(router, routers.HTTPRouteRouter)
     table = {
         "generation": 4,
         "deployment": "m",
@@ -173,7 +174,7 @@ def test_gateway_router_sets_weights_on_the_http_route(cluster: Any, kube: Kube)
     assert [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]] == [
         ("m-r2", 100)
     ]
-    assert json.loads(route["metadata"]["annotations"][kr.TABLE_ANNOTATION])["generation"] == 5
+    assert json.loads(route["metadata"]["annotations"][routers.TABLE_ANNOTATION])["generation"] == 5
 
 
 def test_autoscaling_adds_an_hpa_and_switching_it_off_removes_it(cluster: Any, kube: Kube) -> None:
@@ -270,11 +271,11 @@ def test_switching_the_router_type_removes_the_other_path(cluster: Any, kube: Ku
     shared = {"Deployment": "m-router", "Service": "m", "ServiceAccount": "m-router"}
 
     kr.KubeRuntime(kube, owner, Traffic(), lambda e: None).ensure_revisions(key, {"r1": spec("1")})
-    kr.make_router(kube, owner, Traffic()).set_routes(parse_table(table))
+    routers.make_router(kube, owner, Traffic()).set_routes(parse_table(table))
     assert all(kube.get(kind, ns, name) for kind, name in shared.items())
 
     kr.KubeRuntime(kube, owner, gateway, lambda e: None).ensure_revisions(key, {"r1": spec("1")})
-    kr.make_router(kube, owner, gateway).set_routes(parse_table(table))
+    routers.make_router(kube, owner, gateway).set_routes(parse_table(table))
     assert kube.get("HTTPRoute", ns, "m") is not None
     assert not any(kube.get(kind, ns, name) for kind, name in shared.items())
     assert kube.get("ConfigMap", ns, "m-routes") is None

@@ -16,7 +16,7 @@ import httpx
 import kubernetes
 import pytest
 from mlrollout.operator import builders as b
-from mlrollout.operator import k8s_runtime as kr
+from mlrollout.operator import k8s_routers as routers
 from mlrollout.operator.decide import guard
 from mlrollout.operator.kube import Kube
 from mlrollout.services.netutil import free_port
@@ -58,7 +58,7 @@ async def test_trip_reaches_the_operator_and_is_cleared_after_the_rollback(clust
         }
     )
     owner = b.Owner("m", ns, md["metadata"]["uid"])
-    operator_side = kr.ConfigMapRouter(kube, owner)
+    operator_side = routers.ConfigMapRouter(kube, owner)
 
     ports = {"stable": free_port(), "canary": free_port()}
     servers = [
