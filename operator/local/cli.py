@@ -8,11 +8,15 @@ editing the model version starts a canary just as ``kubectl apply`` would.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from mlrollout.operator.ctl.view import EXIT_TIMEOUT, Outcome, Snapshot, rollout_outcome
 from mlrollout.operator.local.display import LiveDisplay
@@ -148,7 +152,14 @@ def _run_locked(args: argparse.Namespace, manifest: Manifest, run_dir: Path) -> 
         decided = lambda: decided_outcome(session)  # noqa: E731
     try:
         session.start()
-        outcome = watch(session, args.file, args.max_duration, decided)
+        # Once running, Ctrl-C/SIGTERM only ask the loop to stop between engine rounds: an
+        # interrupt raised in the middle of a round (a lock held, a write half done) could
+        # leave the shutdown below waiting. A second signal interrupts at once.
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        outcome = watch(session, args.file, args.max_duration, decided, stop)
+        if stop.is_set():
+            raise KeyboardInterrupt("stop requested")
         if args.until_decided:
             if outcome is None:
                 display.note(f"not decided within --max-duration {args.max_duration:g}s")
@@ -171,6 +182,18 @@ def _run_locked(args: argparse.Namespace, manifest: Manifest, run_dir: Path) -> 
             f"analysis runs: {session.run_dir / ANALYSIS_FILE}\nstate: {session.state_path}"
         )
     return code
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt(f"received {signal.Signals(signum).name} again")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, request)
+    # `kill -USR1 PID` prints every thread's stack (to find where a run is stuck).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def _mtime(path: Path) -> float | None:
@@ -198,18 +221,22 @@ def watch(
     path: Path,
     max_duration: float | None = None,
     decided: Callable[[], Outcome | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome | None:
-    """Run engine rounds until interrupted, ``max_duration`` or ``decided()`` says so;
-    re-read ``path`` on change. Returns the decided outcome, if any."""
+    """Run engine rounds until interrupted (``stop`` set), ``max_duration`` or ``decided()``
+    says so; re-read ``path`` on change. Returns the decided outcome, if any."""
+    stop = stop if stop is not None else threading.Event()
     started = time.monotonic()
     seen = _mtime(path)
     while max_duration is None or time.monotonic() - started < max_duration:
+        if stop.is_set():
+            return None
         result = session.tick()
         if decided is not None and (outcome := decided()) is not None:
             return outcome
         deadline = time.monotonic() + session.sleep_for(result)
-        while time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        while time.monotonic() < deadline and not stop.is_set():
+            stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             mtime = _mtime(path)
             if mtime == seen:
                 continue

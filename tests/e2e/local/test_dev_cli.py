@@ -133,7 +133,15 @@ def test_dev_follows_the_file_and_leaves_nothing_behind(
         assert len(tree) >= 4  # Prometheus, router, two model servers (and their workers)
 
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=60) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # faulthandler: where is it stuck?
+            time.sleep(2)
+            log.flush()
+            tail = (tmp_path / "dev.out").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"dev did not stop within 60 s of Ctrl-C:\n{tail}") from None
+        assert code == 0
         alive = [pid for pid, start in tree if _alive(pid, start)]
         assert alive == [], f"left behind: {alive}"
         with socket.socket() as s:  # nobody listens on the router's port any more
