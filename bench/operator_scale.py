@@ -76,7 +76,8 @@ class ScaleConfig:
     analysis_interval: str = Analysis().interval
     idle_window_s: float = 60.0
     analysis_window_s: float = 60.0
-    settle_timeout_s: float = 900.0
+    settle_timeout_s: float = 1200.0
+    canary_settle_s: float = 300.0  # then analysis is measured over the canaries at 10 %
     create_threads: int = 8  # the bench's POSTs of the burst
 
     def __post_init__(self) -> None:
@@ -192,7 +193,13 @@ class Clock:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
-                        if line.strip():
+                        # Only ADDED events of children matter (and every event of a
+                        # ModelDeployment, for its phase): parsing the rest (Deployment
+                        # status churn) would cost this process the CPU the control plane
+                        # and the operator need.
+                        if line.startswith(b'{"type":"ERROR"'):  # e.g. 410: too old
+                            rv = self.kube.request("GET", path)["metadata"]["resourceVersion"]
+                        elif plural == "modeldeployments" or line.startswith(b'{"type":"ADDED"'):
                             rv = self._note(plural, json.loads(line)) or rv
             except Exception:
                 if self._stop.is_set():
@@ -344,7 +351,9 @@ def _prometheus(sup: Supervisor, work: Path, exporter_port: int) -> tuple[Manage
     config = work / "prometheus.yml"
     scrape = {"job_name": "models", "honor_labels": True,
               "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}  # fmt: skip
-    glob = {"scrape_interval": "2s", "evaluation_interval": "2s"}
+    # 5 s: the fake servers' exposition for 520 deployments is large, and this process
+    # (which also clocks the run) renders it; analysis windows are 30 s.
+    glob = {"scrape_interval": "5s", "evaluation_interval": "5s"}
     config.write_text(json.dumps({"global": glob, "scrape_configs": [scrape]}))
     port = free_port()
     argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
@@ -491,7 +500,16 @@ def _phases(
     def canaries() -> int:
         return clock.count(lambda st: (st.get("weights") or {}).get("canary") == 10)
 
-    _until(lambda: canaries() >= total, config.settle_timeout_s, "all canaries at 10 %", op)
+    # On a loaded machine the canaries' pods can take long to come up (the control plane
+    # shares the cores); analysis is then measured over the canaries that are at 10 %.
+    deadline = time.monotonic() + config.canary_settle_s
+    while canaries() < total and time.monotonic() < deadline:
+        if not op.alive():
+            raise RuntimeError(f"operator exited ({op.returncode}):\n{op.log_tail(30)}")
+        time.sleep(1.0)
+    analysed = canaries()
+    if analysed == 0:
+        raise TimeoutError(f"no canary reached 10 % in {config.canary_settle_s:.0f}s")
     # Give analysis its first full window of data, then count runs over the window.
     time.sleep(min(10.0, config.analysis_window_s / 3))
     runs0, cost = _verdict_runs(metrics_url), _Cost(op.pid, plane_pids, prom.pid)
@@ -502,7 +520,8 @@ def _phases(
     analysis["runs_per_s"] = runs / analysis["wall_s"]
     analysis["operator_cpu_ms_per_run"] = analysis["operator_cpu_s"] / max(runs, 1) * 1000
     analysis["prometheus_cpu_ms_per_run"] = analysis["prometheus_cpu_s"] / max(runs, 1) * 1000
-    analysis["wanted_runs_per_s"] = total / parse_duration(interval)
+    analysis["canaries"] = analysed
+    analysis["wanted_runs_per_s"] = analysed / parse_duration(interval)
     return ScaleResult(
         deployments=n,
         burst_latency_s=[t for t in burst if t is not None],
@@ -564,7 +583,8 @@ def markdown(r: ScaleResult, config: ScaleConfig) -> list[str]:
             cpu(idle),
         ),
         (
-            f"analysis ({total} canaries): operator CPU per analysis run (ms)",
+            f"analysis ({an.get('canaries', total):.0f} of {total} canaries at 10 % when "
+            "measured): operator CPU per analysis run (ms)",
             f"{an['operator_cpu_ms_per_run']:.1f}",
         ),
         (
@@ -590,7 +610,7 @@ def markdown(r: ScaleResult, config: ScaleConfig) -> list[str]:
         "so readiness comes from the real Deployment controller. Specs use analysis interval "
         f"{config.analysis_interval}, also how often a Healthy deployment is reconciled (its "
         "stable drift check); nothing runs for it in between. Analysis queries go to a real "
-        "Prometheus (scrape every 2 s) reading fake model-server counters "
+        "Prometheus (scrape every 5 s) reading fake model-server counters "
         "(`tests/integration/operator/harness.py`). Times are ADDED events seen by the "
         "bench's own watches (monotonic clock). Create to children: until the last of the "
         f"{FIRST_CHILDREN} objects a new ModelDeployment's first reconcile writes; create to "

@@ -1,4 +1,4 @@
-"""The ModelDeployment API's names, defined once: the pydantic models (``model.py``), the
+"""The ModelDeployment API's names, defined once: the pydantic models (``model/``), the
 CRD generator, the object builders, the kopf registration and local manifests use these.
 """
 

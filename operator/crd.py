@@ -1,4 +1,4 @@
-"""The ModelDeployment CRD, generated from the pydantic models (``operator/model.py``).
+"""The ModelDeployment CRD, generated from the pydantic models (``operator/model/``).
 
 ``python -m mlrollout.operator.crd write`` renders ``crds/modeldeployment.yaml`` and copies it
 to the Helm chart and the plain manifests; ``check`` exits 1 when any copy differs from
@@ -32,7 +32,7 @@ CRD_PATH = Path("crds/modeldeployment.yaml")
 # the chart as well would make Helm install it twice.
 COPIES = (Path("manifests/crd.yaml"),)
 HEADER = (
-    "# Generated from operator/model.py by `python -m mlrollout.operator.crd write`. Do not edit.\n"
+    "# Generated from operator/model/ by `python -m mlrollout.operator.crd write`. Do not edit.\n"
 )
 
 _KEEP = {

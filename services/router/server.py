@@ -75,6 +75,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.handler = handler
         self.limits = limits or Limits(max_body=max_body)
         self.budget = budget or ByteBudget(self.limits.max_buffered_bytes)
+        self.max_header_bytes = self.limits.max_header_bytes
+        self.max_headers = self.limits.max_headers
         self.max_body = max_body
         self.connections = connections
         self.task: asyncio.Task[None] | None = None  # the request being answered
@@ -110,33 +112,42 @@ class HttpServerProtocol(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self.loop.time()
+        now = self.last_active = self.loop.time()
         if self.discard:
             return
         try:
-            limit = self.limits.max_header_bytes
-            # Feed head bytes in slices no longer than what the limit has left, so that
-            # neither the parser nor this protocol ever holds more than the limit of a
-            # head; a slice that ends the head may carry body bytes (not counted after).
-            while data and self.in_head and not self.discard:
-                room = limit - self.head_bytes
-                if room <= 0:
-                    self._refuse(431, f"request line and headers larger than {limit} bytes")
-                    return
+            if self.in_head:
                 if self.head_bytes == 0 and self.deadline is None:
-                    self._set_deadline(self.limits.header_timeout, "headers")
-                piece, data = data[:room], data[room:]
-                self.head_bytes += len(piece)
-                self.parser.feed_data(piece)
-            if data and not self.discard:
-                self.parser.feed_data(data)
-            if self.in_head and self.head_bytes >= limit and not self.discard:
-                self._refuse(431, f"request line and headers larger than {limit} bytes")
+                    self.deadline = now + self.limits.header_timeout
+                    self.deadline_what = "headers"
+                if self.head_bytes + len(data) > self.max_header_bytes:
+                    self._feed_head(data)  # the slow path: near or over the limit
+                    return
+                self.head_bytes += len(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgraded()
         except httptools.HttpParserError as exc:
             if not self.discard:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed head bytes in slices no longer than what the limit has left, so that neither
+        the parser nor this protocol ever holds more than the limit of a head; a slice that
+        ends the head may carry body bytes (not counted after it)."""
+        limit = self.max_header_bytes
+        while data and self.in_head and not self.discard:
+            room = limit - self.head_bytes
+            if room <= 0:
+                self._refuse(431, f"request line and headers larger than {limit} bytes")
+                return
+            piece, data = data[:room], data[room:]
+            self.head_bytes += len(piece)
+            self.parser.feed_data(piece)
+        if data and not self.discard:
+            self.parser.feed_data(data)
+        if self.in_head and self.head_bytes >= limit and not self.discard:
+            self._refuse(431, f"request line and headers larger than {limit} bytes")
 
     def eof_received(self) -> bool:
         # The client will send nothing more (a half-close); it still reads: answer what was
@@ -176,16 +187,18 @@ class HttpServerProtocol(asyncio.Protocol):
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= self.limits.max_headers:
-            if not self.discard:
-                self._refuse(431, f"more than {self.limits.max_headers} header fields")
-            return
+        # The field count is checked once the head is complete: the 64 KiB head limit
+        # already bounds what a head can hold meanwhile.
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
         self._set_deadline(self.limits.body_timeout, "body")
+        if len(self._headers) > self.max_headers:
+            self._headers = []
+            self._refuse(431, f"more than {self.max_headers} header fields")
+            return
         upgrade = connection_upgrade = False
         for name, value in self._headers:
             if name == b"content-length" and value.strip().isdigit():
@@ -236,7 +249,7 @@ class HttpServerProtocol(asyncio.Protocol):
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         req = Request(self.parser.get_method(), b"".join(self._url), self._headers, body)
-        self._body, self._size = [], 0  # the request owns the body (and its budget) now
+        self._size = 0  # the request owns the body (and its budget) now
         self.pending.append((req, self.parser.should_keep_alive()))
         if not self.busy:
             self._next()

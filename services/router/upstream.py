@@ -147,11 +147,7 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.limits.max_headers:
-            self._fail(
-                UpstreamError(f"response has more than {self.limits.max_headers} headers", False)
-            )
-            return
+        # The count is checked when the head is complete (the head size limit bounds it).
         if len(name) == 14 and name.lower() == b"content-length":
             self.length = value
         self.headers.append((name, value))
@@ -162,6 +158,10 @@ class _Connection(asyncio.Protocol):
             self.head_timer.cancel()
             self.head_timer = None
         if self.waiter is None:
+            return
+        if len(self.headers) > self.limits.max_headers:
+            limit = self.limits.max_headers
+            self._fail(UpstreamError(f"response has more than {limit} headers", False))
             return
         length, limit = self.length, self.limits.max_body_bytes
         if length is not None and length.strip().isdigit() and int(length) > limit:

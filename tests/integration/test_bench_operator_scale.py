@@ -24,6 +24,9 @@ def _needs_control_plane() -> None:
         )
 
 
+# The run bounds itself (control plane start, 120 s to Healthy, 300 s for canaries);
+# pytest's default 300 s would cut a loaded machine's run short instead.
+@pytest.mark.timeout(900)
 def test_every_deployment_gets_children_and_canaries_are_analysed(tmp_path: Path) -> None:
     config = SMOKE_SCALE
     with Supervisor(log_dir=tmp_path / "logs") as sup:

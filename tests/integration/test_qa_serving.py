@@ -128,7 +128,16 @@ async def test_router_metrics_are_the_documented_ones() -> None:
     ]
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['router']}", timeout=10)
     try:
-        doc = table_doc(1, ports["stable"], ports["canary"], 50, shadowPercent=100)
+        # Shadow, paired agreement and the guard on, so that each of their families has samples.
+        doc = table_doc(
+            1,
+            ports["stable"],
+            ports["canary"],
+            50,
+            shadowPercent=100,
+            agreement={"percent": 100},
+            guard={"alpha": 0.01, "minAgreement": 0.5},
+        )
         assert router.offer(json.dumps(doc).encode(), "test")
         assert not router.offer(b"{not json", "test")
         for i in range(20):

@@ -71,7 +71,7 @@ def test_hostile_tables_are_counted_and_a_later_rollback_still_applies(tmp_path:
             assert "larger than" in c.get("/-/status").json()["lastRejected"]["error"]
 
 
-POD_LIMIT = 256 << 20  # the router pod's memory limit (operator/builders.py)
+POD_LIMIT = 256 << 20  # the router pod's memory limit (operator/builders/)
 
 
 def peak_rss(pid: int) -> int:

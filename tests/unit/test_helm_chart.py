@@ -259,11 +259,11 @@ def test_namespaced_mode_has_no_cluster_rights(
 
 
 def test_rbac_covers_every_kind_the_operator_builds(chart: helm.Chart) -> None:
-    """Every kind builders.py makes is one kube.RESOURCES knows (so the chart grants it);
+    """Every kind the builders make is one kube.RESOURCES knows (so the chart grants it);
     the exact rules are tests/unit/test_rbac.py."""
-    source = (ROOT / "operator" / "builders.py").read_text()
+    source = "".join(p.read_text() for p in sorted((ROOT / "operator" / "builders").glob("*.py")))
     built = set(re.findall(r'"kind": "([A-Za-z]+)"', source)) - {"ModelDeployment"}
-    assert built, "builders.py should build Kubernetes objects"
+    assert built, "operator/builders/ should build Kubernetes objects"
     unknown = built - RESOURCES.keys()
     assert not unknown, f"kube.RESOURCES does not know these built kinds: {unknown}"
     (role,) = only(render(chart, {"gatewayAPI": {"enabled": True}}), "ClusterRole")
@@ -336,7 +336,7 @@ def test_monitoring_objects(chart: helm.Chart) -> None:
 
     (pods,) = only(objs, "PodMonitor")
     assert pods["spec"]["namespaceSelector"] == {"any": True}
-    builders = (ROOT / "operator" / "builders.py").read_text()
+    builders = "".join(p.read_text() for p in sorted((ROOT / "operator" / "builders").glob("*.py")))
     # The selector and port must match what the operator puts on model servers and routers.
     assert 'MANAGER = "mlrollout-operator"' in builders
     assert pods["spec"]["selector"]["matchLabels"] == {
