@@ -11,7 +11,9 @@ import argparse
 import difflib
 import importlib
 import importlib.metadata
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,6 +149,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "mlrollout") -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
+    if threading.current_thread() is threading.main_thread():
+        # A shell starts background jobs with SIGINT ignored, and Python then keeps it
+        # ignored: `dev`, `get -w` or `status` launched that way (a script, CI) could not
+        # be stopped with SIGINT. Our long-running commands always take Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sub, module = command_parser(name, prog)
         args = sub.parse_args(rest)

@@ -210,3 +210,26 @@ def test_kubectl_completes_the_plugin(tmp_path: Path) -> None:
     assert complete("pro") == ["promote", ":4"]
     assert complete("promote", "--fu") == ["--full", ":4"]
     assert complete("get", "") == ["fraud", ":4"]  # the local run in the working directory
+
+
+def test_get_watch_stops_on_sigint_even_if_started_with_sigint_ignored(tmp_path: Path) -> None:
+    # A shell starts background jobs (scripts, CI) with SIGINT ignored and Python keeps
+    # that: `get -w` then never stopped on Ctrl-C. The CLI takes SIGINT back.
+    _path, run_dir, _s = local_run(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlrollout.services.cli", "get", "fraud", "-w",
+         "--local", str(run_dir), "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not proc.stdout.readline().startswith("Name:"):
+            pass
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode is not None and proc.returncode != -signal.SIGKILL
